@@ -1,0 +1,1 @@
+"""Pure step math: no state, no backend imports."""

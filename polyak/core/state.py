@@ -1,0 +1,42 @@
+"""The data a step reads and writes: the optimizer's state and its fixed plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+
+class OptimizerState(NamedTuple):
+    """Optimizer-variable values, grouped by role. Per-weight tuples hold ``None``
+    where a weight has no such slot (``overwrite_with_gradient`` weights)."""
+
+    iteration: Any  #: raw call count, int64
+    learning_rate: Any  #: float32 scalar, or None when the rate is a schedule or callable
+    averages: tuple  #: EMA of each weight, or empty without EMA
+    accumulators: tuple  #: summed gradients, or empty without accumulation
+    slots: tuple  #: the update rule's per-weight tensors, one tuple per slot kind
+
+
+#: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists.
+UpdateRule = Callable[[Any, list, list, tuple, Any], tuple]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything fixed about a step once the optimizer is built."""
+
+    rule: UpdateRule
+    #: ``learning_rate(raw_iteration, stored_rate) -> scalar``
+    learning_rate: Callable[[Any, Any], Any]
+    overwrite: Sequence[bool]  #: per weight: set to its gradient instead of descending
+    decay_mask: Sequence[bool]  #: per weight: subject to weight decay
+    constraints: Sequence[Optional[Callable]]
+    weight_decay: Optional[float] = None
+    clipnorm: Optional[float] = None
+    clipvalue: Optional[float] = None
+    global_clipnorm: Optional[float] = None
+    use_ema: bool = False
+    ema_momentum: float = 0.99
+    ema_overwrite_frequency: Optional[int] = None
+    loss_scale_factor: Optional[float] = None
+    accumulation_steps: Optional[int] = None

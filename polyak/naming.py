@@ -1,0 +1,21 @@
+"""Keras-style automatic names: ``SGD`` -> ``sgd``, ``sgd_1``, ``sgd_2``, ..."""
+
+import collections
+import itertools
+import re
+
+_counters = collections.defaultdict(itertools.count)
+
+
+def to_snake_case(name: str) -> str:
+    """``"CosineDecay"`` -> ``"cosine_decay"``, as Keras spells object names."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def auto_name(prefix: str) -> str:
+    """A process-unique name: the snake-cased prefix, then ``prefix_1``, ..."""
+    prefix = to_snake_case(prefix)
+    n = next(_counters[prefix])
+    return prefix if n == 0 else f"{prefix}_{n}"

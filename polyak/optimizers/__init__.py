@@ -1,0 +1,33 @@
+"""The ``keras.optimizers`` namespace: port Keras code by changing one import."""
+
+from polyak import schedules, serialization
+from polyak.optimizers.base import Optimizer
+from polyak.optimizers.sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "schedules", "get", "serialize", "deserialize"]
+
+
+def serialize(optimizer):
+    """The optimizer's config in Keras's format (``module``, ``class_name``, ``config``)."""
+    return serialization.serialize(optimizer)
+
+
+def deserialize(config, custom_objects=None):
+    """An optimizer from ``serialize`` output; class names are matched case-insensitively
+    against polyak's optimizers and the classes registered with ``polyak.register``."""
+    return serialization.deserialize("optimizer", config, custom_objects)
+
+
+def get(identifier):
+    """An optimizer from a name (``"sgd"``), a serialized dict, or an instance; None stays None."""
+    if identifier is None:
+        return None
+    if isinstance(identifier, dict):
+        obj = deserialize(identifier)
+    elif isinstance(identifier, str):
+        obj = deserialize({"class_name": identifier, "config": {}})
+    else:
+        obj = identifier
+    if isinstance(obj, Optimizer):
+        return obj
+    raise ValueError(f"Could not interpret optimizer identifier: {identifier}")

@@ -1,0 +1,446 @@
+"""``Optimizer``: Keras 3's optimizer contract around a pure step.
+
+The public surface is ``keras.optimizers.Optimizer``'s. Inside, the primitive is
+:func:`polyak.core.step.apply_step`, a pure function from (weights, optimizer
+state, gradients) to new values. ``stateless_apply`` calls it on the values it
+is given; ``apply`` validates, calls it on the current values, then writes the
+results back, so an ``apply`` that raises has changed nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from polyak import validation
+from polyak.backends import NUMPY, backend_for
+from polyak.core.state import OptimizerState, StepPlan
+from polyak.core.step import apply_step
+from polyak.naming import auto_name
+from polyak.optimizers import parameters as params_mod
+from polyak.optimizers.gradients import check_gradients
+from polyak.optimizers.persistence import StatePersistence
+from polyak.schedules import LearningRateSchedule
+from polyak.variable import Variable
+
+_INITIALIZERS = ("zeros", "ones")
+
+
+class Optimizer(StatePersistence):
+    """Base class of polyak's optimizers, with Keras 3's constructor and methods.
+
+    A subclass names its per-weight state in ``build`` (via
+    ``add_optimizer_variables``), lists it in ``_slot_variables`` and gives the
+    pure update rule in ``_update_rule``; see :class:`polyak.optimizers.SGD`.
+
+    Args:
+        learning_rate: a float, a ``LearningRateSchedule``, or a zero-argument
+            callable returning the rate.
+        weight_decay: decoupled weight decay ``w <- w - w * weight_decay * lr``.
+        clipnorm: clip each gradient to this L2 norm.
+        clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
+        global_clipnorm: clip all gradients together to this global L2 norm.
+        use_ema: keep an exponential moving average of the weights.
+        ema_momentum: ``avg <- ema_momentum * avg + (1 - ema_momentum) * w``.
+        ema_overwrite_frequency: overwrite the weights by their average every
+            this many updates (None: only by ``finalize_variable_values``).
+        loss_scale_factor: ``scale_loss`` multiplies by it, ``apply`` divides
+            the gradients by it.
+        gradient_accumulation_steps: update every N calls with the mean gradient.
+        name: the optimizer's name, prefix of its variables' paths.
+    """
+
+    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, name=None, **kwargs):
+        if kwargs.pop("decay", None) is not None:
+            warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
+        if kwargs:
+            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+        self.weight_decay = validation.real("weight_decay", weight_decay, low=0, optional=True)
+        self.clipnorm = validation.real("clipnorm", clipnorm, low=0, optional=True)
+        self.clipvalue = validation.real("clipvalue", clipvalue, low=0, optional=True)
+        self.global_clipnorm = validation.real("global_clipnorm", global_clipnorm, low=0, optional=True)
+        if sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+                f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}"
+            )
+        self.use_ema = validation.boolean("use_ema", use_ema)
+        self.ema_momentum = validation.real("ema_momentum", ema_momentum, low=0, high=1)
+        self.ema_overwrite_frequency = validation.integer(
+            "ema_overwrite_frequency", ema_overwrite_frequency, low=1, optional=True
+        )
+        self.loss_scale_factor = validation.real("loss_scale_factor", loss_scale_factor, low=0, low_open=True,
+                                                 optional=True)
+        self.gradient_accumulation_steps = validation.integer(
+            "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
+        )
+        self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
+        learning_rate = self._check_learning_rate(learning_rate)
+
+        self.built = False
+        self._variables = []
+        self._trainable_variables = []
+        self._trainable_variables_indices = {}
+        self._averages = []
+        self._accumulators = []
+        self._backend = NUMPY
+        self._exclude_ids = frozenset()
+        self._exclude_pattern = None
+        self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
+                                                _scope=self.name))
+        if isinstance(learning_rate, (LearningRateSchedule,)) or callable(learning_rate):
+            self._learning_rate = learning_rate
+        else:
+            self._learning_rate = self._track(Variable(learning_rate, dtype="float32", name="learning_rate",
+                                                       trainable=False, _scope=self.name))
+
+    # --- learning rate and counters ------------------------------------------
+    @staticmethod
+    def _check_learning_rate(learning_rate):
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            return learning_rate
+        if not validation.is_real(learning_rate):
+            validation.fail(
+                "learning_rate", learning_rate,
+                "a float, a LearningRateSchedule, or a callable returning the rate", TypeError,
+            )
+        return validation.real("learning_rate", learning_rate, low=0)
+
+    @property
+    def iterations(self):
+        """Completed updates: raw calls divided by ``gradient_accumulation_steps``."""
+        if self.gradient_accumulation_steps:
+            return self._iterations.value // self.gradient_accumulation_steps
+        return self._iterations
+
+    @property
+    def learning_rate(self):
+        """The current rate: the rate variable, or the schedule at the raw step."""
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            return lr(self._iterations.value)
+        if isinstance(lr, Variable):
+            return lr
+        return lr()
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        learning_rate = self._check_learning_rate(learning_rate)
+        previous = self._learning_rate
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            self._learning_rate = learning_rate
+            if isinstance(previous, Variable):
+                self._variables.remove(previous)
+        elif isinstance(previous, Variable):
+            previous.assign(learning_rate)
+        else:
+            raise TypeError(
+                f"This optimizer was created with a {type(previous).__name__} as its `learning_rate`, hence "
+                "its learning rate is not settable to a number. Create it with a float `learning_rate` to "
+                f"set the rate later. Received: learning_rate={learning_rate!r}"
+            )
+
+    @property
+    def variables(self):
+        """Optimizer variables in Keras's order: iteration, learning_rate (when a
+        float), EMA averages, gradient accumulators, then the rule's slots."""
+        return self._variables[:]
+
+    # --- building --------------------------------------------------------------
+    def _track(self, variable):
+        self._variables.append(variable)
+        return variable
+
+    def build(self, variables):
+        """Create the optimizer variables for ``variables`` (a list of weights)."""
+        variables = params_mod.check_parameters(variables)
+        self._backend = backend_for([params_mod.value_of(v) for v in variables])
+        self._trainable_variables = variables[:]
+        self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        if self.use_ema:
+            self._averages = self.add_optimizer_variables(variables, "average")
+        if self.gradient_accumulation_steps:
+            self._accumulators = [self.add_variable_from_reference(v, "gradient_accumulator") for v in variables]
+        self.built = True
+
+    def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
+        """Create and track an optimizer variable (``initializer``: "zeros", "ones", an array or callable)."""
+        return self._track(Variable(initializer, shape=shape, dtype=dtype or "float32", trainable=False,
+                                    name=name, _scope=self.name))
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        """An optimizer variable shaped like ``reference_variable``, named ``{path}_{name}``."""
+        index = self._trainable_variables_indices.get(id(reference_variable), 0)
+        path = params_mod.path_of(reference_variable, index).replace("/", "_")
+        value = params_mod.value_of(reference_variable)
+        bk = backend_for([value])
+        if initializer in _INITIALIZERS:
+            initial = bk.zeros_like(value) if initializer == "zeros" else bk.zeros_like(value) + 1
+        else:
+            initial = initializer
+        return self._track(Variable(initial, shape=tuple(value.shape), dtype=value.dtype, trainable=False,
+                                    name=f"{path}_{name or 'var'}", _scope=self.name))
+
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        """One optimizer variable per weight (``None`` for ``overwrite_with_gradient`` weights).
+
+        With a list of names, returns a tuple of lists, interleaved per weight as Keras does.
+        """
+        names = [name] if isinstance(name, str) else list(name)
+        inits = [initializer] * len(names) if isinstance(initializer, str) or not isinstance(initializer, (list, tuple)) \
+            else list(initializer)
+        if len(names) != len(inits):
+            raise ValueError(
+                "The number of provided names must match the number of provided initializers. "
+                f"Received name={name!r}, initializer={initializer!r}"
+            )
+        out = tuple([] for _ in names)
+        for v in trainable_variables:
+            for k, (slot_name, init) in enumerate(zip(names, inits)):
+                skip = getattr(v, "overwrite_with_gradient", False)
+                out[k].append(None if skip else self.add_variable_from_reference(v, slot_name, init))
+        return out[0] if isinstance(name, str) else out
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude weights from weight decay: those in ``var_list``, and those whose
+        name contains any string of ``var_names`` (a regex search). Call before ``build``."""
+        if self.built:
+            raise ValueError("`exclude_from_weight_decay()` can only be configured before the optimizer is built.")
+        self._exclude_ids = frozenset(id(v) for v in (var_list or ()))
+        names = list(var_names or ())
+        for n in names:
+            validation.string("var_names", n)
+        self._exclude_pattern = re.compile("|".join(sorted(set(names)))) if names else None
+
+    def _use_weight_decay(self, variable):
+        if id(variable) in self._exclude_ids:
+            return False
+        name = params_mod.name_of(variable, self._trainable_variables_indices.get(id(variable), 0))
+        return self._exclude_pattern is None or self._exclude_pattern.search(name) is None
+
+    def _get_variable_index(self, variable):
+        return self._trainable_variables_indices[id(variable)]
+
+    # --- the step ---------------------------------------------------------------
+    def _slot_variables(self):
+        """The update rule's per-weight optimizer variables: a tuple of lists."""
+        return ()
+
+    def _update_rule(self, bk, grads, params, slots, learning_rate):
+        """Pure update on lists: returns ``(new_params, new_slots)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_update_rule`.")
+
+    def _learning_rate_function(self):
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            return lambda iteration, stored: lr(iteration)
+        if isinstance(lr, Variable):
+            return lambda iteration, stored: stored
+        return lambda iteration, stored: lr()
+
+    def _plan(self):
+        built = self._trainable_variables
+        return StepPlan(
+            rule=self._update_rule,
+            learning_rate=self._learning_rate_function(),
+            overwrite=[getattr(v, "overwrite_with_gradient", False) for v in built],
+            decay_mask=[self._use_weight_decay(v) for v in built],
+            constraints=[getattr(v, "constraint", None) for v in built],
+            weight_decay=self.weight_decay,
+            clipnorm=self.clipnorm,
+            clipvalue=self.clipvalue,
+            global_clipnorm=self.global_clipnorm,
+            use_ema=self.use_ema,
+            ema_momentum=self.ema_momentum,
+            ema_overwrite_frequency=self.ema_overwrite_frequency,
+            loss_scale_factor=self.loss_scale_factor,
+            accumulation_steps=self.gradient_accumulation_steps,
+        )
+
+    def _state_from(self, values) -> OptimizerState:
+        position = {id(v): k for k, v in enumerate(self._variables)}
+
+        def pick(variables):
+            return tuple(None if v is None else values[position[id(v)]] for v in variables)
+
+        lr = self._learning_rate
+        return OptimizerState(
+            iteration=values[position[id(self._iterations)]],
+            learning_rate=values[position[id(lr)]] if isinstance(lr, Variable) else None,
+            averages=pick(self._averages),
+            accumulators=pick(self._accumulators),
+            slots=tuple(pick(slot) for slot in self._slot_variables()),
+        )
+
+    def _values_from(self, state: OptimizerState, values) -> list:
+        position = {id(v): k for k, v in enumerate(self._variables)}
+        values = list(values)
+
+        def put(variables, new):
+            for v, x in zip(variables, new):
+                if v is not None:
+                    values[position[id(v)]] = x
+
+        put([self._iterations], [state.iteration])
+        put(self._averages, state.averages)
+        put(self._accumulators, state.accumulators)
+        for slot, new in zip(self._slot_variables(), state.slots):
+            put(slot, new)
+        return values
+
+    def _step(self, param_values, optimizer_values, grads):
+        state = self._state_from(optimizer_values)
+        new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads)
+        return new_params, self._values_from(new_state, optimizer_values)
+
+    # --- applying gradients -------------------------------------------------------
+    def apply_gradients(self, grads_and_vars):
+        """``apply`` on ``(gradient, variable)`` pairs; returns the iteration variable."""
+        pairs = list(grads_and_vars)
+        if not pairs:
+            return self._iterations
+        grads, variables = zip(*pairs)
+        self.apply(list(grads), list(variables))
+        return self._iterations
+
+    def apply(self, grads, trainable_variables=None):
+        """Update the weights from their gradients.
+
+        ``trainable_variables`` builds the optimizer on the first call; later
+        calls may pass any subset of the weights it was built on, or omit them
+        to mean all of them. Raises before writing anything if the input is bad.
+        """
+        grads = list(grads)
+        if not grads:
+            return
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be built on a list "
+                    "of variables. Call `optimizer.build(trainable_variables)` first."
+                )
+            variables = self._trainable_variables
+        else:
+            variables = params_mod.check_parameters(trainable_variables)
+            if self.built:
+                self._check_variables_are_known(variables)
+        indices = [self._trainable_variables_indices.get(id(v), i) for i, v in enumerate(variables)]
+        bk = self._backend if self.built else backend_for([params_mod.value_of(v) for v in variables])
+        grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables],
+                                [params_mod.path_of(v, i) for v, i in zip(variables, indices)])
+        if not self.built:
+            self.build(variables)
+        full = [None] * len(self._trainable_variables)
+        for i, g in zip(indices, grads):
+            full[i] = g
+        old_params = [params_mod.value_of(v) for v in self._trainable_variables]
+        old_values = [v.value for v in self._variables]
+        new_params, new_values = self._step(old_params, old_values, full)
+        for variable, old, new in zip(self._trainable_variables, old_params, new_params):
+            if new is not old:
+                params_mod.write(variable, new)
+        for variable, old, new in zip(self._variables, old_values, new_values):
+            if new is not old:
+                variable.assign(new)
+
+    def _check_variables_are_known(self, variables):
+        for v in variables:
+            if id(v) not in self._trainable_variables_indices:
+                raise ValueError(
+                    f"Unknown variable: {v!r}. This optimizer can only be called for the variables it was "
+                    "originally built with. When working with a new set of variables, you should recreate a "
+                    "new optimizer instance."
+                )
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """``apply`` as a pure function of values.
+
+        Args:
+            optimizer_variables: values of ``self.variables``, in order.
+            grads: gradients aligned with the weights the optimizer was built on.
+            trainable_variables: values of those weights.
+
+        Returns:
+            ``(new_trainable_values, new_optimizer_values)``; nothing is modified.
+        """
+        if not self.built:
+            raise ValueError(
+                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
+                "been created). You can build it via `optimizer.build(trainable_variables)`."
+            )
+        optimizer_variables, trainable_variables = list(optimizer_variables), list(trainable_variables)
+        if len(optimizer_variables) != len(self._variables):
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 to "
+                f"{type(self).__name__}().variables. Received list with length {len(optimizer_variables)}, "
+                f"but expected {len(self._variables)} variables."
+            )
+        if len(trainable_variables) != len(self._trainable_variables):
+            raise ValueError(
+                "Argument `trainable_variables` must be a list of tensors corresponding 1:1 to the trainable "
+                f"variables list that the optimizer was built with. Received len(trainable_variables) == "
+                f"{len(trainable_variables)} whereas the optimizer was built with "
+                f"{len(self._trainable_variables)} variables."
+            )
+        bk = self._backend
+        params = [bk.asarray(p) for p in trainable_variables]
+        values = [bk.asarray(v) for v in optimizer_variables]
+        for k, (given, variable) in enumerate(zip(values, self._variables)):
+            if tuple(given.shape) != variable.shape:
+                raise ValueError(
+                    f"optimizer_variables[{k}] must have the shape {variable.shape} of {variable.path!r}. "
+                    f"Received: shape {tuple(given.shape)}"
+                )
+        paths = [params_mod.path_of(v, i) for i, v in enumerate(self._trainable_variables)]
+        for value, built, path in zip(params, self._trainable_variables, paths):
+            if tuple(value.shape) != tuple(params_mod.value_of(built).shape):
+                raise ValueError(
+                    f"trainable_variables value for {path!r} must have the shape "
+                    f"{tuple(params_mod.value_of(built).shape)}. Received: shape {tuple(value.shape)}"
+                )
+        grads = check_gradients(bk, list(grads), params, paths)
+        return self._step(params, values, grads)
+
+    # --- Keras's per-variable primitives ------------------------------------------------
+    def assign(self, variable, value):
+        """Set ``variable`` (a Variable or a plain array) to ``value``."""
+        params_mod.write(variable, value)
+
+    def assign_add(self, variable, value):
+        params_mod.write(variable, params_mod.value_of(variable) + value)
+
+    def assign_sub(self, variable, value):
+        params_mod.write(variable, params_mod.value_of(variable) - value)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Apply the update rule alone (no clipping, decay or EMA) to one built weight."""
+        i = self._get_variable_index(variable)
+        bk = self._backend
+        slots = tuple([slot[i].value] for slot in self._slot_variables())
+        (new,), new_slots = self._update_rule(
+            bk, [bk.asarray(gradient)], [params_mod.value_of(variable)], slots, learning_rate
+        )
+        self.assign(variable, new)
+        for slot, (value,) in zip(self._slot_variables(), new_slots):
+            slot[i].assign(value)
+
+    def scale_loss(self, loss):
+        """``loss * loss_scale_factor`` (the loss itself when no factor is set)."""
+        return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor
+
+    def finalize_variable_values(self, var_list):
+        """With EMA, set the weights in ``var_list`` to their moving averages."""
+        if not self.use_ema:
+            return
+        var_list = list(var_list)
+        if len(var_list) != len(self._averages):
+            raise ValueError(
+                f"The length of model variables ({len(var_list)}) to override does not match the length of "
+                f"model variables stored in the optimizer ({len(self._averages)}). Please check if the "
+                "optimizer was called on your model."
+            )
+        for variable, average in zip(var_list, self._averages):
+            if average is not None:
+                params_mod.write(variable, average.value)

@@ -1,0 +1,49 @@
+"""Gradient checks: every gradient an array of its variable's shape, or None."""
+
+from __future__ import annotations
+
+import warnings
+
+def check_gradients(bk, grads, values, paths):
+    """Gradients as backend arrays, aligned with the weights' ``values``.
+
+    ``paths`` name the weights in error messages. Raises before anything is
+    written; warns, as Keras does, about weights that got no gradient.
+    """
+    if len(grads) != len(values):
+        raise ValueError(
+            f"`grads` and `trainable_variables` must have the same length. Received: "
+            f"{len(grads)} gradients for {len(values)} variables."
+        )
+    checked, missing = [], []
+    for g, value, path in zip(grads, values, paths):
+        if g is None:
+            checked.append(None)
+            missing.append(path)
+            continue
+        try:
+            g = bk.asarray(g)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"The gradient for variable {path!r} is not an array: {error}. Received: {g!r}") from None
+        kind = getattr(g.dtype, "kind", None)
+        if not (bk.is_floating(g.dtype) or kind in ("i", "u")):
+            raise TypeError(
+                f"The gradient for variable {path!r} must be a real number array. Received: dtype={g.dtype}"
+            )
+        if kind in ("i", "u"):
+            g = bk.cast(g, value.dtype)
+        if tuple(g.shape) != tuple(value.shape):
+            raise ValueError(
+                f"The gradient for variable {path!r} must have the variable's shape {tuple(value.shape)}. "
+                f"Received: gradient shape {tuple(g.shape)}"
+            )
+        checked.append(g)
+    if all(g is None for g in checked):
+        raise ValueError("No gradients provided for any variable.")
+    if missing:
+        warnings.warn(
+            f"Gradients do not exist for variables {missing} when minimizing the loss. "
+            "If using `model.compile()`, did you forget to provide a `loss` argument?",
+            stacklevel=3,
+        )
+    return checked

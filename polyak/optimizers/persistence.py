@@ -1,0 +1,102 @@
+"""Config and state in and out of an optimizer, in Keras's formats.
+
+``get_config``/``from_config`` round-trip the hyperparameters;
+``save_own_variables``/``load_own_variables`` write and read the optimizer
+variables under the keys ``"0"``, ``"1"``, ... in ``variables`` order, so a
+store written by Keras loads here and the other way round.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from polyak.schedules import LearningRateSchedule
+from polyak.schedules import deserialize as deserialize_schedule
+from polyak.schedules import serialize as serialize_schedule
+from polyak.variable import Variable
+
+
+class StatePersistence:
+    """Mixin for :class:`polyak.optimizers.Optimizer`."""
+
+    def get_config(self):
+        """The constructor arguments as a JSON-compatible dict."""
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            learning_rate = serialize_schedule(lr)
+        elif isinstance(lr, Variable):
+            learning_rate = float(lr.numpy())
+        else:
+            raise ValueError(
+                f"Optimizer '{self.name}' has a callable learning rate ({lr!r}), which cannot be serialized. "
+                "Use a float or a LearningRateSchedule (registered with polyak.register if it is your own)."
+            )
+        return {
+            "name": self.name,
+            "learning_rate": learning_rate,
+            "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+            "use_ema": self.use_ema,
+            "ema_momentum": self.ema_momentum,
+            "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """An optimizer from ``get_config()`` output (schedules deserialized safely)."""
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = deserialize_schedule(config["learning_rate"], custom_objects)
+        return cls(**config)
+
+    def _checked_values(self, values, what):
+        """``values`` as arrays after checking they match ``variables`` one to one in shape."""
+        if len(values) != len(self._variables):
+            raise ValueError(
+                f"{what} must hold {len(self._variables)} values, one per optimizer variable. "
+                f"Received: {len(values)} values"
+            )
+        arrays = [self._backend.asarray(v) for v in values]
+        for variable, value in zip(self._variables, arrays):
+            if tuple(value.shape) != variable.shape:
+                raise ValueError(
+                    f"Optimizer variable {variable.path!r} has shape {variable.shape} not compatible with "
+                    f"provided weight shape {tuple(value.shape)}."
+                )
+        return arrays
+
+    def set_weights(self, weights):
+        """Set every optimizer variable from a list of arrays, in ``variables`` order."""
+        if not self.built:
+            raise ValueError(
+                "You are calling `set_weights()` on an optimizer that has not yet been built. Please call "
+                "`optimizer.build(trainable_variables)` to create the optimizer weights before calling "
+                "`set_weights()`."
+            )
+        for variable, value in zip(self._variables, self._checked_values(list(weights), "`weights`")):
+            variable.assign(value)
+
+    def save_own_variables(self, store):
+        """Write every optimizer variable to ``store[str(i)]`` as a NumPy array."""
+        for i, variable in enumerate(self._variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        """Read what ``save_own_variables`` wrote. A store with another variable count is
+        skipped with a warning, as Keras does; a shape mismatch raises before any write."""
+        if len(store.keys()) != len(self._variables):
+            msg = (
+                f"Skipping variable loading for optimizer '{self.name}', because it has {len(self._variables)} "
+                f"variables whereas the saved optimizer has {len(store.keys())} variables. "
+            )
+            if len(self._variables) == 0 or not self.built:
+                msg += "This is likely because the optimizer has not been called/built yet."
+            warnings.warn(msg, stacklevel=2)
+            return
+        values = self._checked_values([store[str(i)] for i in range(len(self._variables))], "The store")
+        for variable, value in zip(self._variables, values):
+            variable.assign(value)

@@ -1,0 +1,228 @@
+"""The Keras schedule classes: validated arguments and configs around ``functions``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polyak import serialization, validation
+from polyak.backends import namespace_for
+from polyak.schedules import functions
+
+_MODULE = "keras.optimizers.schedules"
+
+
+class LearningRateSchedule:
+    """A learning rate as a function of the optimizer step.
+
+    Subclasses implement ``__call__(self, step)`` returning a scalar, and
+    ``get_config()`` to be serializable. The optimizer calls the schedule with
+    its raw step count (before gradient accumulation divides it).
+    """
+
+    def __call__(self, step):
+        raise NotImplementedError(
+            f"Learning rate schedule '{self.__class__.__name__}' must override `__call__(self, step)`."
+        )
+
+    def get_config(self):
+        raise NotImplementedError(
+            f"Learning rate schedule '{self.__class__.__name__}' must override `get_config()` "
+            "in order to be serializable."
+        )
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def _evaluate(self, function, step, *args):
+        xp = namespace_for(step)
+        with np.errstate(all="ignore"):
+            return function(xp, step, *args)
+
+
+def _positive_steps(name, value):
+    validation.real(name, value, low=0, low_open=True)
+    return value
+
+
+@serialization.builtin("schedule", _MODULE)
+class ExponentialDecay(LearningRateSchedule):
+    """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (floored exponent if ``staircase``)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+        validation.real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = _positive_steps("decay_steps", decay_steps)
+        self.decay_rate = decay_rate
+        validation.real("decay_rate", decay_rate)
+        self.staircase = validation.boolean("staircase", staircase)
+        self.name = name
+
+    def __call__(self, step):
+        return self._evaluate(
+            functions.exponential_decay, step,
+            self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
+        }
+
+
+@serialization.builtin("schedule", _MODULE)
+class PiecewiseConstantDecay(LearningRateSchedule):
+    """``values[0]`` while ``step <= boundaries[0]``, ..., ``values[-1]`` after ``boundaries[-1]``."""
+
+    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+        boundaries, values = list(boundaries), list(values)
+        if len(boundaries) != len(values) - 1:
+            raise ValueError(
+                "The length of boundaries should be 1 less than the length of values. Received: "
+                f"boundaries={boundaries} of length {len(boundaries)}, and values={values} of length {len(values)}."
+            )
+        for i, value in enumerate(values):
+            validation.real(f"values[{i}]", value)
+        for i, bound in enumerate(boundaries):
+            validation.real(f"boundaries[{i}]", bound)
+        if any(not low < high for low, high in zip(boundaries, boundaries[1:])):
+            validation.fail("boundaries", boundaries, "strictly increasing")
+        self.boundaries = boundaries
+        self.values = values
+        self.name = name
+
+    def __call__(self, step):
+        return self._evaluate(functions.piecewise_constant, step, self.boundaries, self.values)
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
+
+
+@serialization.builtin("schedule", _MODULE)
+class PolynomialDecay(LearningRateSchedule):
+    """``(lr0 - end) * (1 - min(step, decay_steps) / decay_steps) ** power + end``; cycles if ``cycle``."""
+
+    def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0, cycle=False,
+                 name="PolynomialDecay"):
+        validation.real("initial_learning_rate", initial_learning_rate)
+        validation.real("end_learning_rate", end_learning_rate)
+        validation.real("power", power)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = _positive_steps("decay_steps", decay_steps)
+        self.end_learning_rate = end_learning_rate
+        self.power = power
+        self.cycle = validation.boolean("cycle", cycle)
+        self.name = name
+
+    def __call__(self, step):
+        return self._evaluate(
+            functions.polynomial_decay, step, self.initial_learning_rate, self.decay_steps,
+            self.end_learning_rate, self.power, self.cycle,
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "end_learning_rate": self.end_learning_rate, "power": self.power, "cycle": self.cycle,
+            "name": self.name,
+        }
+
+
+@serialization.builtin("schedule", _MODULE)
+class InverseTimeDecay(LearningRateSchedule):
+    """``lr0 / (1 + decay_rate * step / decay_steps)`` (floored ratio if ``staircase``)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
+        validation.real("initial_learning_rate", initial_learning_rate)
+        validation.real("decay_rate", decay_rate)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = _positive_steps("decay_steps", decay_steps)
+        self.decay_rate = decay_rate
+        self.staircase = validation.boolean("staircase", staircase)
+        self.name = name
+
+    def __call__(self, step):
+        return self._evaluate(
+            functions.inverse_time_decay, step,
+            self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
+        }
+
+
+@serialization.builtin("schedule", _MODULE)
+class CosineDecay(LearningRateSchedule):
+    """Optional linear warmup to ``warmup_target`` over ``warmup_steps``, then cosine decay
+    over ``decay_steps`` down to ``alpha`` times the peak (SGDR without restarts)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay", warmup_target=None,
+                 warmup_steps=0):
+        validation.real("initial_learning_rate", initial_learning_rate)
+        validation.real("alpha", alpha)
+        validation.real("warmup_target", warmup_target, optional=True)
+        validation.real("warmup_steps", warmup_steps, low=0)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = _positive_steps("decay_steps", decay_steps)
+        self.alpha = alpha
+        self.name = name
+        self.warmup_steps = warmup_steps
+        self.warmup_target = warmup_target
+
+    def __call__(self, step):
+        return self._evaluate(
+            functions.cosine_decay, step, self.initial_learning_rate, self.decay_steps, self.alpha,
+            self.warmup_target, self.warmup_steps,
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+@serialization.builtin("schedule", _MODULE)
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts: period ``i`` lasts ``first_decay_steps * t_mul**i``
+    steps and starts at ``initial_learning_rate * m_mul**i``."""
+
+    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
+                 name="SGDRDecay"):
+        validation.real("initial_learning_rate", initial_learning_rate)
+        validation.real("t_mul", t_mul, low=0, low_open=True)
+        validation.real("m_mul", m_mul)
+        validation.real("alpha", alpha)
+        self.initial_learning_rate = initial_learning_rate
+        self.first_decay_steps = _positive_steps("first_decay_steps", first_decay_steps)
+        self._t_mul = t_mul
+        self._m_mul = m_mul
+        self.alpha = alpha
+        self.name = name
+
+    def __call__(self, step):
+        return self._evaluate(
+            functions.cosine_decay_restarts, step, self.initial_learning_rate, self.first_decay_steps,
+            self._t_mul, self._m_mul, self.alpha,
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate, "first_decay_steps": self.first_decay_steps,
+            "t_mul": self._t_mul, "m_mul": self._m_mul, "alpha": self.alpha, "name": self.name,
+        }
+
+
+def serialize(learning_rate_schedule):
+    """The Keras-format dict of a schedule."""
+    return serialization.serialize(learning_rate_schedule)
+
+
+def deserialize(config, custom_objects=None):
+    """A schedule from its Keras-format dict (built-in or registered classes only)."""
+    return serialization.deserialize("schedule", config, custom_objects)
