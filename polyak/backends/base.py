@@ -8,6 +8,7 @@ write a new value into the storage a user handed us.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 
@@ -45,6 +46,10 @@ class Backend:
 
     def to_numpy(self, value):
         raise NotImplementedError
+
+    def quiet(self):
+        """A context in which inf/NaN arithmetic (which the step handles) raises no warnings."""
+        return contextlib.nullcontext()
 
     def writable(self, target) -> bool:
         """Whether ``write`` can store into ``target`` (a plain, user-owned array)."""

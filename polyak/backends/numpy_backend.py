@@ -36,6 +36,9 @@ class NumpyBackend(Backend):
     def to_numpy(self, value):
         return np.asarray(value)
 
+    def quiet(self):
+        return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+
     def writable(self, target):
         return isinstance(target, np.ndarray) and target.flags.writeable
 

@@ -292,7 +292,8 @@ class Optimizer(StatePersistence):
 
     def _step(self, param_values, optimizer_values, grads):
         state = self._state_from(optimizer_values)
-        new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads)
+        with self._backend.quiet():
+            new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads)
         return new_params, self._values_from(new_state, optimizer_values)
 
     # --- applying gradients -------------------------------------------------------
