@@ -5,22 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 from polyak import validation
-from polyak.backends import backend_for
+from polyak.backends import backend_for, dtype_name
 from polyak.naming import auto_name
 
 _INITIALIZERS = {"zeros": np.zeros, "ones": np.ones}
 
 
-def _standard_dtype(value, dtype):
+def _standard_dtype(backend, dtype):
     """Keras's default dtypes: floats become float32 and integers int32 unless told."""
-    if dtype is not None:
-        return np.dtype(dtype)
-    kind = np.asarray(value).dtype.kind
+    kind = backend.kind(dtype)
     if kind == "f":
-        return np.dtype("float32")
+        return backend.dtype("float32")
     if kind in "iu":
-        return np.dtype("int32")
-    return np.asarray(value).dtype
+        return backend.dtype("int32")
+    return dtype
 
 
 class Variable:
@@ -48,22 +46,20 @@ class Variable:
                 validation.fail("initializer", initializer, f"an array, a callable or one of {sorted(_INITIALIZERS)}")
             if shape is None:
                 validation.fail("shape", shape, f"given with initializer={initializer!r}")
-            value = _INITIALIZERS[initializer](shape, dtype=np.dtype(dtype or "float32"))
+            value = _INITIALIZERS[initializer](shape, dtype=np.dtype(dtype_name(dtype or "float32")))
         elif callable(initializer):
             if shape is None:
                 validation.fail("shape", shape, "given with a callable initializer")
-            value = initializer(tuple(shape), np.dtype(dtype or "float32"))
+            value = initializer(tuple(shape), np.dtype(dtype_name(dtype or "float32")))
         else:
             value = initializer
         backend = backend_for([value])
         value = backend.asarray(value)
-        if not backend.owns(value):
-            value = np.asarray(value)
-        value = backend.cast(value, _standard_dtype(value, dtype))
+        value = backend.cast(value, _standard_dtype(backend, value.dtype) if dtype is None else backend.dtype(dtype))
         if shape is not None and tuple(value.shape) != tuple(shape):
             validation.fail("shape", shape, f"the initializer's shape {tuple(value.shape)}")
         self._backend = backend
-        self._value = np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+        self._value = backend.copy(value)
         self._name = name
         self._path = f"{_scope}/{name}" if _scope else name
         self._trainable = bool(trainable)
@@ -84,7 +80,7 @@ class Variable:
 
     @property
     def dtype(self) -> str:
-        return str(self._value.dtype)
+        return dtype_name(self._value.dtype)
 
     @property
     def ndim(self):
@@ -125,6 +121,14 @@ class Variable:
         self._overwrite_with_gradient = validation.boolean("overwrite_with_gradient", value)
 
     # --- writing -------------------------------------------------------------
+    def _move_to(self, backend, dtype=None):
+        """Re-create the value as an array of ``backend`` (an optimizer's, once it is built)."""
+        if backend is self._backend and dtype is None:
+            return
+        value = self._backend.to_numpy(self._value)
+        self._value = backend.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        self._backend = backend
+
     def assign(self, value):
         """Set the value (cast to this variable's dtype; the shape must match)."""
         value = self._backend.cast(self._backend.asarray(value), self._value.dtype)

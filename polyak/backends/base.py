@@ -2,8 +2,9 @@
 
 The optimizer's step (``polyak.core``) is written once against this interface.
 A backend says how to make and cast arrays, how to branch on a scalar predicate
-(eagerly for NumPy and PyTorch, ``lax.cond`` under a JAX trace), and how to
-write a new value into the storage a user handed us.
+(eagerly for NumPy and PyTorch, ``lax.cond`` under a JAX trace), how to count
+steps without overflowing, and how to write a new value into the storage a
+user handed us.
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ class Backend:
     """Array kernels for one kind of array. Subclasses fill in every method."""
 
     name: str = "abstract"
-    #: The array namespace the core's math calls (``numpy``, ``torch``, ...).
+    #: The array namespace the core's math calls (``numpy``, ``torch`` via
+    #: ``array_api_compat``, ``jax.numpy``).
     xp: Any = None
+    #: The dtype of the iteration counter.
+    counter_dtype: Any = None
+    #: Why ``write`` cannot store into a plain array of this kind, and what to do instead.
+    unwritable_hint: str = ""
+    unwritable_error: type = ValueError
 
     def owns(self, value) -> bool:
         """Whether ``value`` is an array of this backend."""
         raise NotImplementedError
 
     def asarray(self, value, dtype=None):
+        """``value`` (an array of any kind, a number or a nested list) as an array of this
+        backend, on its device; ``dtype`` is a name or a dtype of any kind."""
+        raise NotImplementedError
+
+    def convert(self, value, what):
+        """An input of the step (a gradient, a value given to ``stateless_apply``) as an
+        array of this backend. Arrays of another kind are converted when that costs no
+        device transfer (both on the CPU); otherwise a ``TypeError`` whose message starts
+        with ``what`` ("The gradient for variable 'w'"). Same-kind arrays on another
+        device are a ``ValueError``."""
         raise NotImplementedError
 
     def cast(self, value, dtype):
@@ -35,21 +52,41 @@ class Backend:
         raise NotImplementedError
 
     def zeros_like(self, value):
+        """Zeros of ``value``'s shape and dtype, on its device."""
+        raise NotImplementedError
+
+    def copy(self, value):
+        """An array that shares no storage with ``value`` (and no autograd history)."""
+        raise NotImplementedError
+
+    def dtype(self, spec):
+        """The backend's dtype for ``spec`` (a name, a NumPy dtype, or a dtype of any kind)."""
+        raise NotImplementedError
+
+    def kind(self, dtype) -> str:
+        """NumPy's one-letter kind of ``dtype``: "f" (bfloat16 included), "i", "u", "b", "c", ..."""
         raise NotImplementedError
 
     def is_floating(self, dtype) -> bool:
-        raise NotImplementedError
+        return self.kind(dtype) == "f"
 
     def cond(self, pred, true_fn: Callable[[], Any], false_fn: Callable[[], Any]):
         """Run one branch on a scalar boolean; both branches return the same structure."""
         raise NotImplementedError
 
+    def increment(self, counter):
+        """``counter + 1``, never overflowing."""
+        return counter + 1
+
     def to_numpy(self, value):
         raise NotImplementedError
 
-    def quiet(self):
-        """A context in which inf/NaN arithmetic (which the step handles) raises no warnings."""
+    def step_context(self):
+        """The context the step runs in (no inf/NaN warnings, no autograd recording)."""
         return contextlib.nullcontext()
+
+    def check_devices(self, values, paths):
+        """Raise ``ValueError`` naming the first array not on the device of the others."""
 
     def writable(self, target) -> bool:
         """Whether ``write`` can store into ``target`` (a plain, user-owned array)."""

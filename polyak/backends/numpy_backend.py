@@ -7,15 +7,39 @@ import numpy as np
 from polyak.backends.base import Backend
 
 
+def _numpy_dtype(spec):
+    if spec is None or isinstance(spec, np.dtype):
+        return spec
+    text = str(spec)
+    return np.dtype(text[len("torch."):] if text.startswith("torch.") else spec)
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
+    counter_dtype = np.dtype("int64")
+    unwritable_hint = "it is a read-only array; pass a writable array (e.g. `array.copy()`) or a polyak.Variable"
 
     def owns(self, value):
         return isinstance(value, (np.ndarray, np.generic))
 
     def asarray(self, value, dtype=None):
-        return np.asarray(value, dtype=dtype)
+        from polyak.backends import host_array
+
+        return np.asarray(host_array(value, transfer=True), dtype=_numpy_dtype(dtype))
+
+    def convert(self, value, what):
+        if isinstance(value, np.ndarray):
+            return value
+        from polyak.backends import host_array
+
+        converted = host_array(value)
+        if converted is None:
+            raise TypeError(
+                f"{what} is a {type(value).__name__} on another device than the "
+                "variable (a NumPy array, on the CPU). Move it to the CPU or pass a NumPy array."
+            )
+        return converted
 
     def cast(self, value, dtype):
         value = np.asarray(value)
@@ -27,8 +51,15 @@ class NumpyBackend(Backend):
     def zeros_like(self, value):
         return np.zeros_like(value)
 
-    def is_floating(self, dtype):
-        return np.dtype(dtype).kind == "f" or str(dtype) == "bfloat16"
+    def copy(self, value):
+        return np.array(value, copy=True)
+
+    def dtype(self, spec):
+        return _numpy_dtype(spec)
+
+    def kind(self, dtype):
+        dtype = np.dtype(dtype)
+        return "f" if dtype.name == "bfloat16" else dtype.kind
 
     def cond(self, pred, true_fn, false_fn):
         return true_fn() if bool(pred) else false_fn()
@@ -36,7 +67,7 @@ class NumpyBackend(Backend):
     def to_numpy(self, value):
         return np.asarray(value)
 
-    def quiet(self):
+    def step_context(self):
         return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
     def writable(self, target):

@@ -13,7 +13,8 @@ The order is Keras 3's ``Optimizer.apply``:
 6. decoupled weight decay ``w <- w - w * wd * lr`` on the masked weights;
 7. the update rule (SGD: plain, heavy-ball or Nesterov momentum);
 8. EMA of the weights, and the periodic overwrite of the weights by it;
-9. constraints; the raw iteration count goes up by one.
+9. constraints; the raw iteration count goes up by one (``bk.increment``,
+   which never overflows).
 
 Nothing is mutated: new arrays are returned, and branches that depend on the
 iteration go through ``bk.cond`` so the step traces under ``jax.jit``.
@@ -111,7 +112,7 @@ def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
                 params[i] = bk.cast(constraint(params[i]), params[i].dtype)
 
     new_state = OptimizerState(
-        iteration=raw + 1,
+        iteration=bk.increment(raw),
         learning_rate=state.learning_rate,
         averages=tuple(averages),
         accumulators=tuple(accumulators),

@@ -19,6 +19,8 @@ from polyak.core.step import apply_step
 from polyak.naming import auto_name
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.gradients import check_gradients
+from polyak.optimizers import stateless
+from polyak.optimizers.structure import flatten
 from polyak.optimizers.persistence import StatePersistence
 from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
@@ -86,6 +88,9 @@ class Optimizer(StatePersistence):
         self._averages = []
         self._accumulators = []
         self._backend = NUMPY
+        self._structure = None
+        self._trainable_paths = []
+        self._trainable_names = []
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
         self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
@@ -150,15 +155,28 @@ class Optimizer(StatePersistence):
 
     # --- building --------------------------------------------------------------
     def _track(self, variable):
+        variable._move_to(self._backend)
         self._variables.append(variable)
         return variable
 
     def build(self, variables):
-        """Create the optimizer variables for ``variables`` (a list of weights)."""
-        variables = params_mod.check_parameters(variables)
-        self._backend = backend_for([params_mod.value_of(v) for v in variables])
-        self._trainable_variables = variables[:]
+        """Create the optimizer variables for ``variables``.
+
+        ``variables`` is a list of weights (``polyak.Variable`` objects, NumPy arrays,
+        torch tensors or JAX arrays, all of one kind and on one device), or with
+        JAX arrays any pytree of them. The backend is chosen from their kind;
+        the optimizer's variables are created on it, in each weight's dtype.
+        """
+        variables, structure = flatten(variables)
+        bk = params_mod.check_parameters(variables, structure.paths, backend_for)
+        self._backend = bk
+        self._structure = structure
+        self._trainable_variables = variables
+        self._trainable_paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
+        self._trainable_names = [params_mod.name_of(v, d) for v, d in zip(variables, structure.paths)]
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        for v in self._variables:
+            v._move_to(bk, bk.counter_dtype if v is self._iterations else None)
         if self.use_ema:
             self._averages = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
@@ -172,8 +190,10 @@ class Optimizer(StatePersistence):
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
         """An optimizer variable shaped like ``reference_variable``, named ``{path}_{name}``."""
-        index = self._trainable_variables_indices.get(id(reference_variable), 0)
-        path = params_mod.path_of(reference_variable, index).replace("/", "_")
+        index = self._trainable_variables_indices.get(id(reference_variable))
+        path = self._trainable_paths[index] if index is not None else params_mod.path_of(reference_variable,
+                                                                                             "variable_0")
+        path = path.replace("/", "_")
         value = params_mod.value_of(reference_variable)
         bk = backend_for([value])
         if initializer in _INITIALIZERS:
@@ -217,7 +237,8 @@ class Optimizer(StatePersistence):
     def _use_weight_decay(self, variable):
         if id(variable) in self._exclude_ids:
             return False
-        name = params_mod.name_of(variable, self._trainable_variables_indices.get(id(variable), 0))
+        index = self._trainable_variables_indices.get(id(variable))
+        name = self._trainable_names[index] if index is not None else params_mod.name_of(variable, "variable_0")
         return self._exclude_pattern is None or self._exclude_pattern.search(name) is None
 
     def _get_variable_index(self, variable):
@@ -292,7 +313,7 @@ class Optimizer(StatePersistence):
 
     def _step(self, param_values, optimizer_values, grads):
         state = self._state_from(optimizer_values)
-        with self._backend.quiet():
+        with self._backend.step_context():
             new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads)
         return new_params, self._values_from(new_state, optimizer_values)
 
@@ -311,28 +332,34 @@ class Optimizer(StatePersistence):
 
         ``trainable_variables`` builds the optimizer on the first call; later
         calls may pass any subset of the weights it was built on, or omit them
-        to mean all of them. Raises before writing anything if the input is bad.
+        to mean all of them. NumPy arrays and torch tensors are updated in place
+        (torch under ``no_grad``), Variables are assigned. Raises before writing
+        anything if the input is bad.
         """
-        grads = list(grads)
-        if not grads:
-            return
         if trainable_variables is None:
             if not self.built:
                 raise ValueError(
                     "When passing `grads` without `variables`, the optimizer must already be built on a list "
                     "of variables. Call `optimizer.build(trainable_variables)` first."
                 )
-            variables = self._trainable_variables
+            variables, structure = self._trainable_variables, self._structure
         else:
-            variables = params_mod.check_parameters(trainable_variables)
-            if self.built:
-                self._check_variables_are_known(variables)
+            variables, structure = flatten(trainable_variables)
+        grads = structure.leaves(grads, "grads")
+        if not grads:
+            return
         indices = [self._trainable_variables_indices.get(id(v), i) for i, v in enumerate(variables)]
-        bk = self._backend if self.built else backend_for([params_mod.value_of(v) for v in variables])
-        grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables],
-                                [params_mod.path_of(v, i) for v, i in zip(variables, indices)])
+        bk = params_mod.check_parameters(variables, structure.paths, backend_for)
+        if self.built:
+            if trainable_variables is not None:
+                self._check_variables_are_known(variables)
+            bk, paths = self._backend, [self._trainable_paths[i] for i in indices]
+        else:
+            paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
+        params_mod.check_writable(bk, variables, paths)
+        grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)
         if not self.built:
-            self.build(variables)
+            self.build(structure.rebuild(variables))
         full = [None] * len(self._trainable_variables)
         for i, g in zip(indices, grads):
             full[i] = g
@@ -341,7 +368,7 @@ class Optimizer(StatePersistence):
         new_params, new_values = self._step(old_params, old_values, full)
         for variable, old, new in zip(self._trainable_variables, old_params, new_params):
             if new is not old:
-                params_mod.write(variable, new)
+                params_mod.write(bk, variable, new)
         for variable, old, new in zip(self._variables, old_values, new_values):
             if new is not old:
                 variable.assign(new)
@@ -356,64 +383,42 @@ class Optimizer(StatePersistence):
                 )
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """``apply`` as a pure function of values.
+        """``apply`` as a pure function of values: traces under ``jax.jit``.
 
         Args:
             optimizer_variables: values of ``self.variables``, in order.
-            grads: gradients aligned with the weights the optimizer was built on.
-            trainable_variables: values of those weights.
+            grads: gradients aligned with the weights the optimizer was built on
+                (a list, or a pytree of the structure it was built on).
+            trainable_variables: values of those weights, arranged the same way.
 
         Returns:
-            ``(new_trainable_values, new_optimizer_values)``; nothing is modified.
+            ``(new_trainable_values, new_optimizer_values)``, the former arranged
+            like ``trainable_variables``; nothing is modified.
         """
         if not self.built:
             raise ValueError(
                 f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
                 "been created). You can build it via `optimizer.build(trainable_variables)`."
             )
-        optimizer_variables, trainable_variables = list(optimizer_variables), list(trainable_variables)
-        if len(optimizer_variables) != len(self._variables):
-            raise ValueError(
-                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 to "
-                f"{type(self).__name__}().variables. Received list with length {len(optimizer_variables)}, "
-                f"but expected {len(self._variables)} variables."
-            )
-        if len(trainable_variables) != len(self._trainable_variables):
-            raise ValueError(
-                "Argument `trainable_variables` must be a list of tensors corresponding 1:1 to the trainable "
-                f"variables list that the optimizer was built with. Received len(trainable_variables) == "
-                f"{len(trainable_variables)} whereas the optimizer was built with "
-                f"{len(self._trainable_variables)} variables."
-            )
-        bk = self._backend
-        params = [bk.asarray(p) for p in trainable_variables]
-        values = [bk.asarray(v) for v in optimizer_variables]
-        for k, (given, variable) in enumerate(zip(values, self._variables)):
-            if tuple(given.shape) != variable.shape:
-                raise ValueError(
-                    f"optimizer_variables[{k}] must have the shape {variable.shape} of {variable.path!r}. "
-                    f"Received: shape {tuple(given.shape)}"
-                )
-        paths = [params_mod.path_of(v, i) for i, v in enumerate(self._trainable_variables)]
-        for value, built, path in zip(params, self._trainable_variables, paths):
-            if tuple(value.shape) != tuple(params_mod.value_of(built).shape):
-                raise ValueError(
-                    f"trainable_variables value for {path!r} must have the shape "
-                    f"{tuple(params_mod.value_of(built).shape)}. Received: shape {tuple(value.shape)}"
-                )
-        grads = check_gradients(bk, list(grads), params, paths)
-        return self._step(params, values, grads)
+        optimizer_variables = list(optimizer_variables)
+        trainable_variables = self._structure.leaves(trainable_variables, "trainable_variables")
+        grads = self._structure.leaves(grads, "grads")
+        stateless.check_counts(self, optimizer_variables, trainable_variables)
+        values, params = stateless.converted(self, optimizer_variables, trainable_variables)
+        grads = check_gradients(self._backend, grads, params, self._trainable_paths)
+        new_params, new_values = self._step(params, values, grads)
+        return self._structure.rebuild(new_params), new_values
 
     # --- Keras's per-variable primitives ------------------------------------------------
     def assign(self, variable, value):
         """Set ``variable`` (a Variable or a plain array) to ``value``."""
-        params_mod.write(variable, value)
+        params_mod.write(self._backend, variable, value)
 
     def assign_add(self, variable, value):
-        params_mod.write(variable, params_mod.value_of(variable) + value)
+        params_mod.write(self._backend, variable, params_mod.value_of(variable) + value)
 
     def assign_sub(self, variable, value):
-        params_mod.write(variable, params_mod.value_of(variable) - value)
+        params_mod.write(self._backend, variable, params_mod.value_of(variable) - value)
 
     def update_step(self, gradient, variable, learning_rate):
         """Apply the update rule alone (no clipping, decay or EMA) to one built weight."""
@@ -444,4 +449,4 @@ class Optimizer(StatePersistence):
             )
         for variable, average in zip(var_list, self._averages):
             if average is not None:
-                params_mod.write(variable, average.value)
+                params_mod.write(self._backend, variable, average.value)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-def check_gradients(bk, grads, values, paths):
-    """Gradients as backend arrays, aligned with the weights' ``values``.
 
-    ``paths`` name the weights in error messages. Raises before anything is
+def check_gradients(bk, grads, values, paths):
+    """Gradients as arrays of ``bk``, aligned with the weights' ``values``.
+
+    ``paths`` name the weights in error messages. Gradients of another array
+    kind are converted when that needs no device transfer (``bk.convert_gradient``);
+    integer gradients are cast to the weight's dtype. Raises before anything is
     written; warns, as Keras does, about weights that got no gradient.
     """
     if len(grads) != len(values):
@@ -22,11 +25,13 @@ def check_gradients(bk, grads, values, paths):
             missing.append(path)
             continue
         try:
-            g = bk.asarray(g)
+            g = bk.convert(g, f"The gradient for variable {path!r}")
         except (TypeError, ValueError) as error:
-            raise TypeError(f"The gradient for variable {path!r} is not an array: {error}. Received: {g!r}") from None
-        kind = getattr(g.dtype, "kind", None)
-        if not (bk.is_floating(g.dtype) or kind in ("i", "u")):
+            if path in str(error):
+                raise
+            raise TypeError(f"{what} is not an array: {error}. Received: {g!r}") from None
+        kind = bk.kind(g.dtype) if bk.owns(g) else None
+        if kind not in ("f", "i", "u"):
             raise TypeError(
                 f"The gradient for variable {path!r} must be a real number array. Received: dtype={g.dtype}"
             )

@@ -1,12 +1,14 @@
-"""The weights an optimizer trains: ``polyak.Variable``s or plain, writable arrays.
+"""The weights an optimizer trains: ``polyak.Variable``s or plain arrays.
 
-A plain NumPy array is trained in place (views and non-contiguous arrays too):
-the optimizer copies each new value into the array the user handed it.
+A plain NumPy array (views and non-contiguous arrays too) or torch tensor
+(``nn.Parameter`` included) is trained in place: the optimizer copies each new
+value into the storage the user handed it. A plain JAX array is immutable: it
+can be trained through ``stateless_apply`` or by wrapping it in a Variable.
 """
 
 from __future__ import annotations
 
-from polyak.backends import backend_for
+from polyak.backends import kind_of
 from polyak.variable import Variable
 
 
@@ -14,41 +16,46 @@ def value_of(parameter):
     return parameter.value if isinstance(parameter, Variable) else parameter
 
 
-def name_of(parameter, index):
-    """A Variable's name; a plain array is called ``variable_{index}``."""
-    return parameter.name if isinstance(parameter, Variable) else f"variable_{index}"
+def name_of(parameter, default):
+    """A Variable's name; a plain array is called by its position (``default``)."""
+    return parameter.name if isinstance(parameter, Variable) else default
 
 
-def path_of(parameter, index):
-    return parameter.path if isinstance(parameter, Variable) else f"variable_{index}"
+def path_of(parameter, default):
+    return parameter.path if isinstance(parameter, Variable) else default
 
 
-def write(parameter, value):
+def write(backend, parameter, value):
     if isinstance(parameter, Variable):
         parameter.assign(value)
     else:
-        backend_for([parameter]).write(parameter, value)
+        backend.write(parameter, value)
 
 
-def check_parameters(parameters) -> list:
-    """The parameters as a list, after checking each is a trainable, writable float array."""
-    parameters = list(parameters)
-    for i, p in enumerate(parameters):
-        value = value_of(p)
-        bk = backend_for([value])
-        if not bk.owns(value):
+def check_parameters(parameters, paths, backend_for) -> list:
+    """Check each parameter is a Variable or an array of a floating dtype, then return the
+    backend of them all (``backend_for(values, paths)`` rejects mixed kinds and devices)."""
+    values = [value_of(p) for p in parameters]
+    for i, (p, value, path) in enumerate(zip(parameters, values, paths)):
+        if kind_of(value) is None:
             raise TypeError(
                 f"Trainable variable {i} must be a polyak.Variable or an array. "
                 f"Received: trainable_variables[{i}] of type {type(p).__name__}"
             )
-        if not bk.is_floating(value.dtype):
+    backend = backend_for(values, [path_of(p, d) for p, d in zip(parameters, paths)])
+    for p, value, path in zip(parameters, values, paths):
+        if not backend.is_floating(value.dtype):
             raise TypeError(
-                f"Trainable variable {path_of(p, i)!r} must have a floating dtype. "
-                f"Received: dtype={value.dtype}"
+                f"Trainable variable {path_of(p, path)!r} must have a floating dtype. Received: dtype={value.dtype}"
             )
-        if not isinstance(p, Variable) and not bk.writable(p):
-            raise ValueError(
-                f"Trainable variable {i} is a read-only array; the optimizer updates arrays in place. "
-                f"Pass a writable array (e.g. `array.copy()`) or a polyak.Variable."
+    return backend
+
+
+def check_writable(backend, parameters, paths):
+    """Raise before any write if a plain array among ``parameters`` cannot be updated in place."""
+    for p, path in zip(parameters, paths):
+        if not isinstance(p, Variable) and not backend.writable(p):
+            raise backend.unwritable_error(
+                f"Trainable variable {path!r} cannot be updated in place: {backend.unwritable_hint}. "
+                f"Received: {type(p).__name__}"
             )
-    return parameters

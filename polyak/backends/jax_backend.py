@@ -1,0 +1,115 @@
+"""The JAX backend: kernels that trace under ``jax.jit``, with ``lax.cond`` for branches.
+
+JAX arrays are immutable, so plain arrays are trained through the pure
+``stateless_apply`` and ``polyak.Variable`` objects by rebinding their value.
+
+The iteration counter is int64 when ``jax_enable_x64`` is on. Without it JAX
+has no int64, and the int32 counter *saturates* at ``2**31 - 1`` instead of
+wrapping to a negative count (as optax's ``safe_int32_increment`` does): past
+two billion steps a schedule sees a constant step, never a jump back to its start.
+
+Imported only once the user's arrays are JAX arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from polyak.backends import dtype_name, host_array
+from polyak.backends.base import Backend
+
+
+def _traced(value):
+    return isinstance(value, jax.core.Tracer)
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    xp = jnp
+    unwritable_hint = (
+        "JAX arrays are immutable. Call `stateless_apply` (e.g. under `jax.jit`) with the arrays' values, "
+        "or wrap each array in a polyak.Variable, whose value `apply` rebinds"
+    )
+    unwritable_error = TypeError
+
+    @property
+    def counter_dtype(self):
+        return jnp.dtype("int64") if jax.config.jax_enable_x64 else jnp.dtype("int32")
+
+    def owns(self, value):
+        return isinstance(value, jax.Array)
+
+    def asarray(self, value, dtype=None):
+        dtype = None if dtype is None else self.dtype(dtype)
+        if isinstance(value, jax.Array):
+            return value if dtype is None or value.dtype == dtype else value.astype(dtype)
+        return jnp.asarray(host_array(value, transfer=True), dtype=dtype)
+
+    def convert(self, value, what):
+        if isinstance(value, jax.Array):
+            return value
+        array = host_array(value) if jax.default_backend() == "cpu" else None
+        if array is None:
+            raise TypeError(
+                f"{what} is a {type(value).__name__}, which cannot be converted to a "
+                "JAX array without a device transfer. Pass a JAX array."
+            )
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{what} must be a real number array. Received: dtype={array.dtype}")
+        return jnp.asarray(array)
+
+    def cast(self, value, dtype):
+        if isinstance(value, jax.Array):
+            return value if value.dtype == dtype else value.astype(dtype)
+        return jnp.asarray(value, dtype=dtype)
+
+    def scalar(self, value, dtype):
+        return jnp.asarray(value, dtype=dtype)
+
+    def zeros_like(self, value):
+        if _traced(value):
+            return jnp.zeros_like(value)
+        return jnp.zeros_like(value, device=value.sharding)
+
+    def copy(self, value):
+        return jnp.array(value, copy=True)
+
+    def dtype(self, spec):
+        return jnp.dtype(dtype_name(spec))
+
+    def kind(self, dtype):
+        return "f" if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(dtype).kind
+
+    def cond(self, pred, true_fn, false_fn):
+        if _traced(pred):
+            return jax.lax.cond(pred, true_fn, false_fn)
+        return true_fn() if bool(pred) else false_fn()
+
+    def increment(self, counter):
+        info = jnp.iinfo(counter.dtype)
+        if info.bits >= 64:
+            return counter + 1
+        return jnp.where(counter < info.max, counter + 1, counter)
+
+    def to_numpy(self, value):
+        return host_array(value, transfer=True)
+
+    def check_devices(self, values, paths):
+        placed = [(v, p) for v, p in zip(values, paths) if isinstance(v, jax.Array) and not _traced(v)]
+        for value, path in placed[1:]:
+            if value.devices() != placed[0][0].devices():
+                raise ValueError(
+                    f"All trainable variables of one optimizer must be on the same devices. Received: "
+                    f"{placed[0][1]!r} is on {sorted(map(str, placed[0][0].devices()))} and {path!r} is on "
+                    f"{sorted(map(str, value.devices()))}"
+                )
+
+    def writable(self, target):
+        return False
+
+    def write(self, target, value):
+        raise TypeError(self.unwritable_hint + ".")
+
+
+JAX = JaxBackend()

@@ -1,0 +1,113 @@
+"""The PyTorch backend: eager kernels on one device, in-place writes under ``no_grad``.
+
+One backend instance serves one device; the optimizer's state lives there, in
+each weight's dtype. The core's math calls ``array_api_compat``'s torch
+namespace (NumPy's function names with ``keepdims``, ``astype``, ``pow``, ...).
+Imported only once the user's arrays are torch tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from array_api_compat import torch as xp
+
+from polyak.backends import dtype_name, host_array, kind_of
+from polyak.backends.base import Backend
+
+_KINDS = {torch.bool: "b", torch.uint8: "u", torch.uint16: "u", torch.uint32: "u", torch.uint64: "u"}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    xp = xp
+    counter_dtype = torch.int64
+    unwritable_hint = "it is an inference tensor; create it outside `torch.inference_mode()`"
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def owns(self, value):
+        return isinstance(value, torch.Tensor)
+
+    def asarray(self, value, dtype=None):
+        if not isinstance(value, torch.Tensor):
+            array = host_array(value, transfer=True)
+            value = torch.from_numpy(array if array.flags.writeable else array.copy())
+        return value.to(device=self.device, dtype=None if dtype is None else self.dtype(dtype))
+
+    def convert(self, value, what):
+        if isinstance(value, torch.Tensor):
+            if value.device != self.device:
+                raise ValueError(
+                    f"{what} must be on the optimizer's device {self.device}. Received: a tensor on {value.device}"
+                )
+            return value
+        array = host_array(value) if self.device.type == "cpu" else None
+        if array is None:
+            raise TypeError(
+                f"{what} is a {type(value).__name__}, which cannot be converted to a "
+                f"torch tensor on {self.device} without a device transfer. Pass a torch tensor on {self.device}."
+            )
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{what} must be a real number array. Received: dtype={array.dtype}")
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+    def cast(self, value, dtype):
+        if isinstance(value, torch.Tensor):
+            return value.to(dtype)
+        return torch.as_tensor(value, dtype=dtype, device=self.device)
+
+    def scalar(self, value, dtype):
+        return torch.tensor(value, dtype=dtype, device=self.device)
+
+    def zeros_like(self, value):
+        return torch.zeros_like(value)
+
+    def copy(self, value):
+        return value.detach().clone()
+
+    def dtype(self, spec):
+        return spec if isinstance(spec, torch.dtype) else getattr(torch, dtype_name(spec))
+
+    def kind(self, dtype):
+        if dtype.is_floating_point:
+            return "f"
+        if dtype.is_complex:
+            return "c"
+        return _KINDS.get(dtype, "i")
+
+    def cond(self, pred, true_fn, false_fn):
+        return true_fn() if bool(pred) else false_fn()
+
+    def to_numpy(self, value):
+        return host_array(value, transfer=True)
+
+    def step_context(self):
+        return torch.no_grad()
+
+    def check_devices(self, values, paths):
+        for value, path in zip(values, paths):
+            if isinstance(value, torch.Tensor) and value.device != self.device:
+                raise ValueError(
+                    f"All trainable variables of one optimizer must be on one device. Received: {paths[0]!r} "
+                    f"is on {self.device} and {path!r} is on {value.device}"
+                )
+
+    def writable(self, target):
+        return isinstance(target, torch.Tensor) and not target.is_inference()
+
+    def write(self, target, value):
+        with torch.no_grad():
+            target.copy_(value)
+
+
+_BACKENDS: dict = {}
+
+
+def torch_backend_for(values, paths) -> TorchBackend:
+    """The backend of the device of ``values``, after checking they all sit on it."""
+    device = next(v.device for v in values if kind_of(v) == "torch")
+    backend = _BACKENDS.setdefault(str(device), TorchBackend(device))
+    backend.check_devices(values, paths)
+    return backend
+
