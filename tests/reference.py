@@ -16,6 +16,7 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 import keras  # noqa: E402
 
 import polyak  # noqa: E402
+from polyak import backends as polyak_backends  # noqa: E402
 
 SHAPES = {"dense/kernel": (3, 4), "dense/bias": (4,), "conv/kernel": (2, 3, 2), "norm/gamma": (5,)}
 
@@ -57,35 +58,94 @@ def _optimizer(module, scenario, variables):
     return opt
 
 
-def trajectory(module, scenario):
-    """Per step: (weights, optimizer variables, iterations, learning rate), as NumPy."""
+def _record(opt, variables):
+    return (
+        [np.array(polyak_backends.host_array(getattr(v, "value", v), transfer=True)) for v in variables],
+        [np.array(v.numpy()) for v in opt.variables],
+        int(np.asarray(opt.iterations)),
+        float(np.asarray(opt.learning_rate)),
+    )
+
+
+def trajectory(module, scenario, backend="numpy"):
+    """Per step: (weights, optimizer variables, iterations, learning rate), as NumPy.
+
+    For polyak, ``backend`` picks the arrays: NumPy arrays in Variables; torch
+    ``nn.Parameter`` objects updated in place (Variables holding tensors when the
+    scenario excludes weights by name, which needs names); JAX arrays in Variables,
+    stepped by ``jax.jit(opt.stateless_apply)`` and assigned back.
+    """
     weights, grads = weights_and_gradients(scenario)
-    variables = [module.Variable(w, dtype=scenario.dtype, name=path.split("/")[1]) for path, w in weights.items()]
+    names = [path.split("/")[1] for path in weights]
+    convert = ARRAYS[backend if module is polyak else "numpy"]
+    if module is polyak and backend == "torch" and scenario.exclude != "names":
+        import torch
+
+        variables = [torch.nn.Parameter(convert(w)) for w in weights.values()]
+    else:
+        variables = [module.Variable(convert(w), dtype=scenario.dtype, name=n) for n, w in zip(names, weights.values())]
     opt = _optimizer(module, scenario, variables)
     history = []
+    if module is polyak and backend == "jax":
+        import jax
+
+        opt.build(variables)
+        step = jax.jit(opt.stateless_apply)
+        # committed to the device as jit's outputs are, so the second call reuses the first compile
+        device = jax.devices()[0]
+        params, values = ([jax.device_put(v.value, device) for v in vs] for vs in (variables, opt.variables))
+        for g in grads:
+            params, values = step(values, [None if x is None else convert(x) for x in g], params)
+            for variable, value in zip(variables + opt.variables, params + values):
+                variable.assign(value)
+            history.append(_record(opt, variables))
+        return history, opt
     for g in grads:
-        opt.apply(g, variables)
-        history.append((
-            [np.array(v.numpy()) for v in variables],
-            [np.array(v.numpy()) for v in opt.variables],
-            int(np.asarray(opt.iterations)),
-            float(np.asarray(opt.learning_rate)),
-        ))
+        opt.apply([None if x is None else convert(x) for x in g], variables)
+        history.append(_record(opt, variables))
     return history, opt
 
 
-def assert_same_trajectory(scenario, rtol=None):
+def _torch_array(x):
+    import torch
+
+    return torch.from_numpy(np.array(x))
+
+
+def _jax_array(x):
+    import jax.numpy as jnp
+
+    return jnp.asarray(x)
+
+
+ARRAYS = {"numpy": np.asarray, "torch": _torch_array, "jax": _jax_array}
+_KERAS_RUNS = {}
+
+
+def keras_trajectory(scenario):
+    """Keras's run of ``scenario``, computed once and shared by the backends."""
+    key = repr(scenario)
+    if key not in _KERAS_RUNS:
+        _KERAS_RUNS[key] = trajectory(keras, scenario)
+    return _KERAS_RUNS[key]
+
+
+def assert_same_trajectory(scenario, rtol=None, backend="numpy"):
     """Assert every weight, optimizer variable, ``iterations`` and learning rate agree after every step."""
     rtol = rtol if rtol is not None else (1e-6 if scenario.dtype == "float32" else 1e-12)
-    expected, keras_opt = trajectory(keras, scenario)
-    actual, polyak_opt = trajectory(polyak, scenario)
-    assert [v.path for v in polyak_opt.variables] == [v.path.replace(keras_opt.name, polyak_opt.name, 1)
-                                                     for v in keras_opt.variables]
+    expected, keras_opt = keras_trajectory(scenario)
+    actual, polyak_opt = trajectory(polyak, scenario, backend)
+    named = [v.name for v in polyak_opt._trainable_variables if isinstance(v, polyak.Variable)]
+    if named:
+        assert [v.path for v in polyak_opt.variables] == [v.path.replace(keras_opt.name, polyak_opt.name, 1)
+                                                         for v in keras_opt.variables]
+    else:
+        assert len(polyak_opt.variables) == len(keras_opt.variables)
     for step, (want, got) in enumerate(zip(expected, actual)):
         for kind, w, g in (("weight", want[0], got[0]), ("optimizer variable", want[1], got[1])):
             assert len(w) == len(g), f"step {step}: {kind} count"
             for k, (a, b) in enumerate(zip(w, g)):
                 np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-1,
-                                           err_msg=f"step {step}: {kind} {k} ({scenario})")
+                                           err_msg=f"step {step}: {kind} {k} ({backend}, {scenario})")
         assert got[2] == want[2], f"step {step}: iterations"
-        np.testing.assert_allclose(got[3], want[3], rtol=1e-7, err_msg=f"step {step}: learning rate")
+        np.testing.assert_allclose(got[3], want[3], rtol=max(rtol, 1e-7), err_msg=f"step {step}: learning rate")

@@ -68,7 +68,7 @@ class JaxBackend(Backend):
         return jnp.asarray(value, dtype=dtype)
 
     def zeros_like(self, value):
-        if _traced(value):
+        if _traced(value) or not value.committed:
             return jnp.zeros_like(value)
         return jnp.zeros_like(value, device=value.sharding)
 
