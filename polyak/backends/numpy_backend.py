@@ -24,6 +24,8 @@ class NumpyBackend(Backend):
         return isinstance(value, (np.ndarray, np.generic))
 
     def asarray(self, value, dtype=None):
+        if isinstance(value, np.ndarray) and dtype is None:
+            return value
         from polyak.backends import host_array
 
         return np.asarray(host_array(value, transfer=True), dtype=_numpy_dtype(dtype))
@@ -58,8 +60,8 @@ class NumpyBackend(Backend):
         return _numpy_dtype(spec)
 
     def kind(self, dtype):
-        dtype = np.dtype(dtype)
-        return "f" if dtype.name == "bfloat16" else dtype.kind
+        kind = np.dtype(dtype).kind
+        return "f" if kind == "V" and str(dtype) == "bfloat16" else kind
 
     def cond(self, pred, true_fn, false_fn):
         return true_fn() if bool(pred) else false_fn()

@@ -18,10 +18,10 @@ from polyak.core.state import OptimizerState, StepPlan
 from polyak.core.step import apply_step
 from polyak.naming import auto_name
 from polyak.optimizers import parameters as params_mod
-from polyak.optimizers.gradients import check_gradients
 from polyak.optimizers import stateless
-from polyak.optimizers.structure import flatten
+from polyak.optimizers.gradients import check_gradients
 from polyak.optimizers.persistence import StatePersistence
+from polyak.optimizers.structure import flatten
 from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
@@ -348,13 +348,16 @@ class Optimizer(StatePersistence):
         grads = structure.leaves(grads, "grads")
         if not grads:
             return
-        indices = [self._trainable_variables_indices.get(id(v), i) for i, v in enumerate(variables)]
-        bk = params_mod.check_parameters(variables, structure.paths, backend_for)
+        known = self._trainable_variables_indices
         if self.built:
-            if trainable_variables is not None:
+            if any(id(v) not in known for v in variables):
+                params_mod.check_parameters(variables, structure.paths, backend_for)
                 self._check_variables_are_known(variables)
+            indices = [known[id(v)] for v in variables]
             bk, paths = self._backend, [self._trainable_paths[i] for i in indices]
         else:
+            indices = range(len(variables))
+            bk = params_mod.check_parameters(variables, structure.paths, backend_for)
             paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
         params_mod.check_writable(bk, variables, paths)
         grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)

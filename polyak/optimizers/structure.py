@@ -29,9 +29,17 @@ def _holds_jax(leaf):
 class Structure:
     """A flat list (``treedef`` None) or a JAX pytree definition, and the leaves' default names."""
 
-    def __init__(self, paths, treedef=None):
-        self.paths = list(paths)
+    def __init__(self, size, paths=None, treedef=None):
+        self._size = size
+        self._paths = paths
         self.treedef = treedef
+
+    @property
+    def paths(self):
+        """Each leaf's name: its key path in a pytree, "variable_{index}" in a flat list."""
+        if self._paths is None:
+            self._paths = [f"variable_{i}" for i in range(self._size)]
+        return self._paths
 
     def leaves(self, tree, what):
         """``tree``'s leaves in the built order, after checking it has this structure
@@ -64,16 +72,16 @@ def _path_name(path):
 def flatten(tree, what="trainable_variables"):
     """``(leaves, Structure)`` for a flat sequence of weights or a pytree of JAX arrays."""
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields") and all(_is_leaf(x) for x in tree):
-        return list(tree), Structure(f"variable_{i}" for i in range(len(tree)))
+        return list(tree), Structure(len(tree))
     jax = sys.modules.get("jax")
     if jax is not None and (isinstance(tree, (dict, list, tuple)) or not _is_leaf(tree)):
         pairs, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Variable))
         if pairs and all(_holds_jax(leaf) for _, leaf in pairs):
-            return [leaf for _, leaf in pairs], Structure([_path_name(p) for p, _ in pairs], treedef)
+            return [leaf for _, leaf in pairs], Structure(len(pairs), [_path_name(p) for p, _ in pairs], treedef)
     if isinstance(tree, dict):
         raise TypeError(
             f"`{what}` must be a list of arrays or polyak.Variables; nested structures (pytrees, such as a dict) "
             f"are accepted for JAX arrays only. Received: {what} of type {type(tree).__name__}"
         )
     leaves = list(tree)
-    return leaves, Structure(f"variable_{i}" for i in range(len(leaves)))
+    return leaves, Structure(len(leaves))
