@@ -1,4 +1,4 @@
-"""polyak: Keras 3's SGD with momentum (every argument, method and number) on NumPy arrays."""
+"""polyak: Keras 3's SGD with momentum (every argument, method and number) on NumPy, PyTorch and JAX arrays."""
 
 from polyak import optimizers, schedules
 from polyak.optimizers import SGD, Optimizer

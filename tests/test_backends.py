@@ -7,6 +7,7 @@ device and dtype, JAX purity under ``jax.jit`` (one trace, donation, pytrees,
 """
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -254,6 +255,34 @@ def test_jax_variables_are_trained_by_apply_with_rebinding():
     for a, v in zip(expected, variables):
         assert isinstance(v.value, jax.Array)
         np.testing.assert_allclose(v.numpy(), a, rtol=1e-6, atol=1e-7)
+
+
+def test_a_dict_of_jax_variables_is_trained_by_apply():
+    params = {"kernel": polyak.Variable(jnp.ones((2, 2)), name="kernel"), "bias": polyak.Variable(jnp.ones(2), name="bias")}
+    opt = polyak.SGD(learning_rate=0.5, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    opt.apply({"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, params)
+    np.testing.assert_allclose(params["kernel"].numpy(), 0.25)  # 1 - 1*0.5*0.5 - 0.5
+    np.testing.assert_allclose(params["bias"].numpy(), 0.5)
+    with pytest.raises(ValueError, match="`grads` must have the structure"):
+        opt.apply({"kernel": jnp.ones((2, 2))})
+
+
+def test_jax_arrays_on_different_devices_are_refused():
+    code = (
+        "import jax, jax.numpy as jnp, polyak\n"
+        "cpus = jax.devices('cpu')\n"
+        "a, b = jax.device_put(jnp.zeros(2), cpus[0]), jax.device_put(jnp.zeros(2), cpus[1])\n"
+        "opt = polyak.SGD()\n"
+        "try:\n"
+        "    opt.build([a, b])\n"
+        "except ValueError as error:\n"
+        "    print(error, opt.built)\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "must be on the same devices" in out.stdout and "'variable_1' is on ['cpu:1']" in out.stdout
+    assert out.stdout.strip().endswith("False")
 
 
 def test_a_plain_jax_array_in_apply_points_to_stateless_apply_or_variable():

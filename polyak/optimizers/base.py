@@ -428,9 +428,10 @@ class Optimizer(StatePersistence):
         i = self._get_variable_index(variable)
         bk = self._backend
         slots = tuple([slot[i].value] for slot in self._slot_variables())
-        (new,), new_slots = self._update_rule(
-            bk, [bk.asarray(gradient)], [params_mod.value_of(variable)], slots, learning_rate
-        )
+        with bk.step_context():
+            (new,), new_slots = self._update_rule(
+                bk, [bk.asarray(gradient)], [params_mod.value_of(variable)], slots, learning_rate
+            )
         self.assign(variable, new)
         for slot, (value,) in zip(self._slot_variables(), new_slots):
             slot[i].assign(value)
