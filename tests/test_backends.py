@@ -308,6 +308,13 @@ def test_pytree_structure_mismatch_names_the_variables():
     assert float(new["bias"].sum()) == 0 and float(new["kernel"][0, 0]) == pytest.approx(0.99)
 
 
+def test_a_dict_for_an_optimizer_built_on_a_list_is_refused():
+    opt = polyak.SGD()
+    opt.build([jnp.zeros(2)])
+    with pytest.raises(ValueError, match=r"`grads` must be a list.*Received: a dict with keys \['w'\]"):
+        opt.stateless_apply([v.value for v in opt.variables], {"w": jnp.ones(2)}, [jnp.zeros(2)])
+
+
 def test_pytrees_need_jax_arrays():
     with pytest.raises(TypeError, match="pytrees.*JAX arrays only. Received: trainable_variables of type dict"):
         polyak.SGD().build({"w": np.zeros(2)})
@@ -412,6 +419,8 @@ TORCH_ERRORS = [
      "'variable_0' must have the variable's shape (3,)"),
     ("complex gradient", lambda p: ([torch.ones(3, dtype=torch.complex64), torch.ones(2)], p), TypeError,
      "real number array"),
+    ("sparse gradient", lambda p: ([torch.ones(3).to_sparse(), torch.ones(2)], p), TypeError,
+     "must be a dense tensor"),
     ("inference tensor", lambda p: ([torch.ones(3)], [_inference_tensor()]), ValueError, "inference tensor"),
 ]
 

@@ -37,6 +37,8 @@ class TorchBackend(Backend):
 
     def convert(self, value, what):
         if isinstance(value, torch.Tensor):
+            if value.layout != torch.strided:
+                raise TypeError(f"{what} must be a dense tensor (call `.to_dense()`). Received: layout={value.layout}")
             if value.device != self.device:
                 raise ValueError(
                     f"{what} must be on the optimizer's device {self.device}. Received: a tensor on {value.device}"

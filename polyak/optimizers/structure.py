@@ -45,6 +45,9 @@ class Structure:
         """``tree``'s leaves in the built order, after checking it has this structure
         (``None`` stands for a missing gradient). A flat list is returned as a list."""
         if self.treedef is None:
+            if isinstance(tree, dict):
+                raise ValueError(f"`{what}` must be a list, as the weights the optimizer was built on are. "
+                                 f"Received: a dict with keys {sorted(map(str, tree))}")
             return list(tree)
         try:
             return self.treedef.flatten_up_to(tree)
