@@ -353,7 +353,7 @@ def test_the_same_50_step_run_agrees_on_numpy_torch_and_jax():
     results = {name: run(weights, grads)[0] for name, run in RUNS.items()}
     for name in ("torch", "jax"):
         for a, b in zip(results["numpy"], results[name]):
-            np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("source", list(RUNS))
@@ -387,7 +387,7 @@ def test_state_saved_on_one_backend_continues_on_another(source, target):
         for g in grads[15:]:
             resumed.apply(g, final)
     for a, b in zip(reference, final):
-        np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
 def test_get_config_is_backend_free():

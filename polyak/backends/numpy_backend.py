@@ -38,8 +38,8 @@ class NumpyBackend(Backend):
         converted = host_array(value)
         if converted is None:
             raise TypeError(
-                f"{what} is a {type(value).__name__} on another device than the "
-                "variable (a NumPy array, on the CPU). Move it to the CPU or pass a NumPy array."
+                f"{what} is a {type(value).__name__}, which cannot be read as a NumPy array without a device "
+                "transfer (or is traced). The optimizer's weights are NumPy arrays: pass a NumPy array."
             )
         return converted
 
