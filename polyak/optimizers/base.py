@@ -333,8 +333,10 @@ class Optimizer(StatePersistence):
         ``trainable_variables`` builds the optimizer on the first call; later
         calls may pass any subset of the weights it was built on, or omit them
         to mean all of them. NumPy arrays and torch tensors are updated in place
-        (torch under ``no_grad``), Variables are assigned. Raises before writing
-        anything if the input is bad.
+        (torch under ``no_grad``); Variables are assigned (a Variable holding a
+        JAX array gets a new array). A plain JAX array cannot be updated: use
+        ``stateless_apply`` or a Variable. Raises before writing anything if
+        the input is bad.
         """
         if trainable_variables is None:
             if not self.built:
