@@ -49,9 +49,12 @@ def test_grid_matches_keras(dtype, chunk):
         assert_same_trajectory(dataclasses.replace(scenario, dtype=dtype), rtol=1e-6 if dtype == "float32" else 2e-6)
 
 
-def test_float32_is_bit_identical():
-    for scenario in GRID[::7]:
-        assert_same_trajectory(scenario, rtol=0)
+def test_float32_is_bit_identical_unless_clipping_by_norm():
+    """The fused NumPy kernel sums norms in another order than NumPy's pairwise sum; every
+    other operation is Keras's, in Keras's order, so those runs are bit-identical."""
+    for scenario in GRID[::5]:
+        if "clipnorm" not in scenario.options and "global_clipnorm" not in scenario.options:
+            assert_same_trajectory(scenario, rtol=0)
 
 
 SCHEDULES = [
@@ -77,4 +80,4 @@ SCHEDULES = [
 ], ids=["momentum", "all-features", "accumulation"])
 def test_schedules_drive_the_same_trajectory(schedule, extra):
     scenario = Scenario(options=dict(extra), schedule=schedule, steps=12, exclude="names")
-    assert_same_trajectory(scenario, rtol=0)
+    assert_same_trajectory(scenario, rtol=1e-6 if "global_clipnorm" in extra else 0)

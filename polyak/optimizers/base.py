@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import NamedTuple
 
 from polyak import validation
 from polyak.backends import NUMPY, backend_for
 from polyak.core.state import OptimizerState, StepPlan
 from polyak.core.step import apply_step
 from polyak.naming import auto_name
+from polyak.optimizers import fast_path
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.gradients import check_gradients
 from polyak.optimizers.persistence import StatePersistence
@@ -24,6 +26,14 @@ from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
 _INITIALIZERS = ("zeros", "ones")
+
+
+class PerWeight(NamedTuple):
+    """What the step reads from each built weight besides its value."""
+
+    overwrite: tuple
+    decay_mask: tuple
+    constraints: tuple
 
 
 class Optimizer(StatePersistence):
@@ -88,6 +98,8 @@ class Optimizer(StatePersistence):
         self._backend = NUMPY
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
+        self._fused = None
+        self._per_weight_cache = (None, None)
         self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
         if isinstance(learning_rate, (LearningRateSchedule,)) or callable(learning_rate):
@@ -159,6 +171,8 @@ class Optimizer(StatePersistence):
         self._backend = backend_for([params_mod.value_of(v) for v in variables])
         self._trainable_variables = variables[:]
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        self._fused = None
+        self._per_weight_cache = (None, None)
         if self.use_ema:
             self._averages = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
@@ -240,14 +254,32 @@ class Optimizer(StatePersistence):
             return lambda iteration, stored: stored
         return lambda iteration, stored: lr()
 
+    def _fused_hyperparameters(self):
+        """Arguments of the backend's fused kernel for this rule, or None if it has none."""
+        return None
+
+    def _per_weight(self) -> PerWeight:
+        """Overwrite flags, decay mask and constraints of the built weights (cached until a
+        Variable's settings change)."""
+        version, cached = self._per_weight_cache
+        if cached is None or version != Variable._settings_version:
+            built = self._trainable_variables
+            cached = PerWeight(
+                overwrite=tuple(getattr(v, "overwrite_with_gradient", False) for v in built),
+                decay_mask=tuple(self._use_weight_decay(v) for v in built),
+                constraints=tuple(getattr(v, "constraint", None) for v in built),
+            )
+            self._per_weight_cache = (Variable._settings_version, cached)
+        return cached
+
     def _plan(self):
-        built = self._trainable_variables
+        per_weight = self._per_weight()
         return StepPlan(
             rule=self._update_rule,
             learning_rate=self._learning_rate_function(),
-            overwrite=[getattr(v, "overwrite_with_gradient", False) for v in built],
-            decay_mask=[self._use_weight_decay(v) for v in built],
-            constraints=[getattr(v, "constraint", None) for v in built],
+            overwrite=per_weight.overwrite,
+            decay_mask=per_weight.decay_mask,
+            constraints=per_weight.constraints,
             weight_decay=self.weight_decay,
             clipnorm=self.clipnorm,
             clipvalue=self.clipvalue,
@@ -324,15 +356,24 @@ class Optimizer(StatePersistence):
                 )
             variables = self._trainable_variables
         else:
-            variables = params_mod.check_parameters(trainable_variables)
-            if self.built:
-                self._check_variables_are_known(variables)
+            variables = list(trainable_variables)
+            if not (self.built and len(variables) == len(self._trainable_variables)
+                    and all(a is b for a, b in zip(variables, self._trainable_variables))):
+                variables = params_mod.check_parameters(variables)
+                if self.built:
+                    self._check_variables_are_known(variables)
+            else:
+                variables = self._trainable_variables
+        if self.built and fast_path.try_apply(self, variables, grads):
+            return
         indices = [self._trainable_variables_indices.get(id(v), i) for i, v in enumerate(variables)]
         bk = self._backend if self.built else backend_for([params_mod.value_of(v) for v in variables])
         grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables],
                                 [params_mod.path_of(v, i) for v, i in zip(variables, indices)])
         if not self.built:
             self.build(variables)
+            if fast_path.try_apply(self, self._trainable_variables, grads):
+                return
         full = [None] * len(self._trainable_variables)
         for i, g in zip(indices, grads):
             full[i] = g

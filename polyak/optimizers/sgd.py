@@ -64,6 +64,9 @@ class SGD(Optimizer):
     def _slot_variables(self):
         return (self.momentums,) if self.momentum != 0 else ()
 
+    def _fused_hyperparameters(self):
+        return self.momentum, self.nesterov
+
     def _update_rule(self, bk, grads, params, slots, learning_rate):
         velocities = slots[0] if slots else None
         new_params, new_velocities = sgd_update(
