@@ -18,16 +18,20 @@ import numpy as np
 
 from polyak.core.fused import CLIP_GLOBAL, CLIP_NORM, FusedCall
 
-try:
-    from polyak.backends import numpy_kernels as kernels
-except ImportError:  # numba is not installed: the reference step serves
-    kernels = None
-
 CHUNK = 1 << 15  #: elements per parallel work item
+kernels = None  #: the numba kernels module, imported at the first fused step
 
 
 def available() -> bool:
-    return kernels is not None
+    """Whether numba is installed (imported on first use, to keep ``import polyak`` fast)."""
+    global kernels
+    if kernels is None:
+        try:
+            from polyak.backends import numpy_kernels
+        except ImportError:  # numba is not installed: the reference step serves
+            return False
+        kernels = numpy_kernels
+    return True
 
 
 def eligible_weights(values) -> bool:
