@@ -10,6 +10,7 @@ from polyak.backends.base import Backend
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
+    float32 = np.dtype("float32")
 
     def owns(self, value):
         return isinstance(value, (np.ndarray, np.generic))

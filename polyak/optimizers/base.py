@@ -58,11 +58,17 @@ class Optimizer(StatePersistence):
             the gradients by it.
         gradient_accumulation_steps: update every N calls with the mean gradient.
         name: the optimizer's name, prefix of its variables' paths.
+        master_weights: (polyak only, off by default) keep a float32 master copy of
+            every float16/bfloat16 weight and float32 state for it; the step runs
+            on the master and the weight is the master rounded to its dtype, so
+            updates smaller than the weight's precision still accumulate. No
+            effect on float32/float64 weights. The master copies are optimizer
+            variables named ``{path}_master``, after the others.
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, **kwargs):
+                 gradient_accumulation_steps=None, name=None, master_weights=False, **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -87,6 +93,7 @@ class Optimizer(StatePersistence):
             "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
         )
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
+        self.master_weights = validation.boolean("master_weights", master_weights)
         learning_rate = self._check_learning_rate(learning_rate)
 
         self.built = False
@@ -95,6 +102,7 @@ class Optimizer(StatePersistence):
         self._trainable_variables_indices = {}
         self._averages = []
         self._accumulators = []
+        self._masters = []
         self._backend = NUMPY
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
@@ -166,7 +174,11 @@ class Optimizer(StatePersistence):
         return variable
 
     def build(self, variables):
-        """Create the optimizer variables for ``variables`` (a list of weights)."""
+        """Create the optimizer variables for ``variables`` (a list of weights): EMA
+        averages, gradient accumulators, the rule's slots (``_build_slots``), then
+        polyak's own (master copies)."""
+        if self.built:
+            return
         variables = params_mod.check_parameters(variables)
         self._backend = backend_for([params_mod.value_of(v) for v in variables])
         self._trainable_variables = variables[:]
@@ -177,7 +189,27 @@ class Optimizer(StatePersistence):
             self._averages = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
             self._accumulators = [self.add_variable_from_reference(v, "gradient_accumulator") for v in variables]
+        self._build_slots(variables)
+        if self.master_weights:
+            self._masters = [self._add_master(v) for v in variables]
         self.built = True
+
+    def _build_slots(self, variables):
+        """Create the update rule's per-weight variables (a subclass hook)."""
+
+    @staticmethod
+    def _is_16_bit(value):
+        return str(value.dtype) in ("float16", "bfloat16", "torch.float16", "torch.bfloat16")
+
+    def _add_master(self, reference):
+        value = params_mod.value_of(reference)
+        if not self._is_16_bit(value):
+            return None
+        bk = backend_for([value])
+        index = self._trainable_variables_indices[id(reference)]
+        path = params_mod.path_of(reference, index).replace("/", "_")
+        return self._track(Variable(bk.cast(value, bk.float32), trainable=False, name=f"{path}_master",
+                                    _scope=self.name))
 
     def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
         """Create and track an optimizer variable (``initializer``: "zeros", "ones", an array or callable)."""
@@ -190,6 +222,8 @@ class Optimizer(StatePersistence):
         path = params_mod.path_of(reference_variable, index).replace("/", "_")
         value = params_mod.value_of(reference_variable)
         bk = backend_for([value])
+        if self.master_weights and self._is_16_bit(value):
+            value = bk.cast(value, bk.float32)
         if initializer in _INITIALIZERS:
             initial = bk.zeros_like(value) if initializer == "zeros" else bk.zeros_like(value) + 1
         else:
@@ -304,6 +338,7 @@ class Optimizer(StatePersistence):
             averages=pick(self._averages),
             accumulators=pick(self._accumulators),
             slots=tuple(pick(slot) for slot in self._slot_variables()),
+            masters=pick(self._masters),
         )
 
     def _values_from(self, state: OptimizerState, values) -> list:
@@ -318,6 +353,7 @@ class Optimizer(StatePersistence):
         put([self._iterations], [state.iteration])
         put(self._averages, state.averages)
         put(self._accumulators, state.accumulators)
+        put(self._masters, state.masters)
         for slot, new in zip(self._slot_variables(), state.slots):
             put(slot, new)
         return values
