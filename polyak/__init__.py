@@ -1,9 +1,9 @@
 """polyak: Keras 3's SGD with momentum (every argument, method and number) on NumPy, PyTorch and JAX arrays."""
 
 from polyak import optimizers, schedules
-from polyak.optimizers import SGD, Optimizer
+from polyak.optimizers import SGD, LossScaleOptimizer, Optimizer
 from polyak.serialization import register
 from polyak.variable import Variable
 
 __version__ = "0.1.0"
-__all__ = ["Optimizer", "SGD", "Variable", "optimizers", "schedules", "register", "__version__"]
+__all__ = ["Optimizer", "SGD", "LossScaleOptimizer", "Variable", "optimizers", "schedules", "register", "__version__"]

@@ -22,6 +22,10 @@ def _standard_dtype(backend, dtype):
 
 
 class Variable:
+    #: Bumped whenever any variable's ``constraint`` or ``overwrite_with_gradient``
+    #: changes, so optimizers can cache what they read from them.
+    _settings_version = 0
+
     """A named array that the optimizer reads and assigns.
 
     Args:
@@ -111,6 +115,7 @@ class Variable:
         if value is not None and not callable(value):
             validation.fail("constraint", value, "a callable or None", TypeError)
         self._constraint = value
+        Variable._settings_version += 1
 
     @property
     def overwrite_with_gradient(self):
@@ -119,6 +124,7 @@ class Variable:
     @overwrite_with_gradient.setter
     def overwrite_with_gradient(self, value):
         self._overwrite_with_gradient = validation.boolean("overwrite_with_gradient", value)
+        Variable._settings_version += 1
 
     # --- writing -------------------------------------------------------------
     def _move_to(self, backend, dtype=None):
@@ -144,6 +150,12 @@ class Variable:
         else:
             self._value = value
         return self._value
+
+    def _rebind(self, storage):
+        """Keep the value in ``storage`` (same shape and dtype) from now on; used to pack
+        optimizer state into flat buffers."""
+        storage[...] = self._value
+        self._value = storage
 
     def assign_add(self, value):
         return self.assign(self._value + self._backend.asarray(value))

@@ -249,10 +249,11 @@ def test_stateless_apply_equals_apply_and_mutates_nothing():
             np.testing.assert_array_equal(before, after)
         stateful.apply(grads, stateful_weights)
         params, values = new_params, new_values
+        # apply runs the fused kernel, whose global norm is summed in another order
         for a, b in zip(params, stateful_weights):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         for a, b in zip(values, stateful.variables):
-            np.testing.assert_array_equal(a, b.numpy())
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6, atol=1e-7)
     assert int(pure._iterations.numpy()) == 0  # the pure optimizer's own state never moved
 
 

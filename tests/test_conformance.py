@@ -2,8 +2,8 @@
 
 Each scenario runs on NumPy arrays, on torch tensors (``nn.Parameter`` objects updated
 in place) and on JAX arrays through ``jax.jit(opt.stateless_apply)``, against one
-Keras run. float32 runs must agree to rtol 1e-6 (on NumPy they are bit-identical:
-see ``test_float32_is_bit_identical``). For float64 weights Keras's numpy and JAX
+Keras run. float32 runs must agree to rtol 1e-6 (on NumPy they are bit-identical
+unless clipping by norm: see ``test_float32_is_bit_identical_unless_clipping_by_norm``). For float64 weights Keras's numpy and JAX
 backends deliberately compute in float32 (JAX's default promotion), while
 polyak computes in float64 as Keras does on TensorFlow; the float64 runs are
 compared at float32 precision.
@@ -83,9 +83,12 @@ def test_grid_matches_keras_under_jax_jit(chunk):
         assert_same_trajectory(scenario, rtol=1e-6, backend="jax")
 
 
-def test_float32_is_bit_identical():
-    for scenario in GRID[::7]:
-        assert_same_trajectory(scenario, rtol=0)
+def test_float32_is_bit_identical_unless_clipping_by_norm():
+    """The fused NumPy kernel sums norms in another order than NumPy's pairwise sum; every
+    other operation is Keras's, in Keras's order, so those runs are bit-identical."""
+    for scenario in GRID[::5]:
+        if "clipnorm" not in scenario.options and "global_clipnorm" not in scenario.options:
+            assert_same_trajectory(scenario, rtol=0)
 
 
 SCHEDULES = [
@@ -119,4 +122,5 @@ SCHEDULE_RUNS = [
 @pytest.mark.parametrize("schedule,extra,backend", SCHEDULE_RUNS)
 def test_schedules_drive_the_same_trajectory(schedule, extra, backend):
     scenario = Scenario(options=dict(EXTRAS[extra]), schedule=schedule, steps=12, exclude="names")
-    assert_same_trajectory(scenario, rtol=0 if backend == "numpy" else 1e-6, backend=backend)
+    exact = backend == "numpy" and "global_clipnorm" not in EXTRAS[extra]
+    assert_same_trajectory(scenario, rtol=0 if exact else 1e-6, backend=backend)

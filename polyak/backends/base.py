@@ -22,6 +22,8 @@ class Backend:
     xp: Any = None
     #: The dtype of the iteration counter.
     counter_dtype: Any = None
+    #: The backend's float32 dtype (master copies of 16-bit weights).
+    float32: Any = None
     #: Why ``write`` cannot store into a plain array of this kind, and what to do instead.
     unwritable_hint: str = ""
     unwritable_error: type = ValueError

@@ -27,6 +27,7 @@ def _traced(value):
 class JaxBackend(Backend):
     name = "jax"
     xp = jnp
+    float32 = jnp.dtype("float32")
     unwritable_hint = (
         "JAX arrays are immutable. Call `stateless_apply` (e.g. under `jax.jit`) with the arrays' values, "
         "or wrap each array in a polyak.Variable, whose value `apply` rebinds"

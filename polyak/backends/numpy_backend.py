@@ -18,6 +18,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
     counter_dtype = np.dtype("int64")
+    float32 = np.dtype("float32")
     unwritable_hint = "it is a read-only array; pass a writable array (e.g. `array.copy()`) or a polyak.Variable"
 
     def owns(self, value):

@@ -21,6 +21,7 @@ class TorchBackend(Backend):
     name = "torch"
     xp = xp
     counter_dtype = torch.int64
+    float32 = torch.float32
     unwritable_hint = "it is an inference tensor; create it outside `torch.inference_mode()`"
 
     def __init__(self, device):

@@ -15,7 +15,7 @@ def update_averages(bk, averages, params, iterations, momentum):
         if avg is None:
             out.append(None)
             continue
-        m = bk.cast(iterations != 0, w.dtype) * momentum
+        m = bk.cast(iterations != 0, w.dtype) * bk.scalar(momentum, w.dtype)
         out.append(bk.cast(m * avg + (1 - m) * w, avg.dtype))
     return out
 

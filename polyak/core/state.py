@@ -15,6 +15,7 @@ class OptimizerState(NamedTuple):
     averages: tuple  #: EMA of each weight, or empty without EMA
     accumulators: tuple  #: summed gradients, or empty without accumulation
     slots: tuple  #: the update rule's per-weight tensors, one tuple per slot kind
+    masters: tuple = ()  #: float32 master copy of each 16-bit weight (None for others), or empty
 
 
 #: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists.

@@ -16,6 +16,10 @@ The order is Keras 3's ``Optimizer.apply``:
 9. constraints; the raw iteration count goes up by one (``bk.increment``,
    which never overflows).
 
+With master weights, a 16-bit weight that has a float32 master copy is stepped
+through its master: steps 2-9 update the master in float32, and the weight
+becomes the master rounded to its dtype.
+
 Nothing is mutated: new arrays are returned, and branches that depend on the
 iteration go through ``bk.cond`` so the step traces under ``jax.jit``.
 """
@@ -50,7 +54,8 @@ def _descend(plan, bk, grads, params, slots, learning_rate, decay_mask):
 
 def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
     """Return ``(new_params, new_state)``. ``grads`` aligns with ``params``; ``None`` skips."""
-    params = list(params)
+    originals = list(params)
+    params = [p if m is None else m for p, m in zip(originals, state.masters)] + originals[len(state.masters):]
     accumulators = list(state.accumulators)
     slots = [list(s) for s in state.slots]
     averages = state.averages
@@ -111,12 +116,17 @@ def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
             if constraint is not None:
                 params[i] = bk.cast(constraint(params[i]), params[i].dtype)
 
+    masters = tuple(None if m is None else params[i] for i, m in enumerate(state.masters))
+    for i, m in enumerate(state.masters):
+        if m is not None:
+            params[i] = bk.cast(params[i], originals[i].dtype)
     new_state = OptimizerState(
         iteration=bk.increment(raw),
         learning_rate=state.learning_rate,
         averages=tuple(averages),
         accumulators=tuple(accumulators),
         slots=tuple(tuple(slot) for slot in slots),
+        masters=masters,
     )
     return params, new_state
 

@@ -2,9 +2,10 @@
 
 from polyak import schedules, serialization
 from polyak.optimizers.base import Optimizer
+from polyak.optimizers.loss_scale_optimizer import LossScaleOptimizer
 from polyak.optimizers.sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "schedules", "get", "serialize", "deserialize"]
+__all__ = ["Optimizer", "SGD", "LossScaleOptimizer", "schedules", "get", "serialize", "deserialize"]
 
 
 def serialize(optimizer):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import NamedTuple
 
 from polyak import validation
 from polyak.backends import NUMPY, backend_for
 from polyak.core.state import OptimizerState, StepPlan
 from polyak.core.step import apply_step
 from polyak.naming import auto_name
+from polyak.optimizers import fast_path
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers import stateless
 from polyak.optimizers.gradients import check_gradients
@@ -26,6 +28,14 @@ from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
 _INITIALIZERS = ("zeros", "ones")
+
+
+class PerWeight(NamedTuple):
+    """What the step reads from each built weight besides its value."""
+
+    overwrite: tuple
+    decay_mask: tuple
+    constraints: tuple
 
 
 class Optimizer(StatePersistence):
@@ -50,11 +60,17 @@ class Optimizer(StatePersistence):
             the gradients by it.
         gradient_accumulation_steps: update every N calls with the mean gradient.
         name: the optimizer's name, prefix of its variables' paths.
+        master_weights: (polyak only, off by default) keep a float32 master copy of
+            every float16/bfloat16 weight and float32 state for it; the step runs
+            on the master and the weight is the master rounded to its dtype, so
+            updates smaller than the weight's precision still accumulate. No
+            effect on float32/float64 weights. The master copies are optimizer
+            variables named ``{path}_master``, after the others.
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, **kwargs):
+                 gradient_accumulation_steps=None, name=None, master_weights=False, **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -79,6 +95,7 @@ class Optimizer(StatePersistence):
             "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
         )
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
+        self.master_weights = validation.boolean("master_weights", master_weights)
         learning_rate = self._check_learning_rate(learning_rate)
 
         self.built = False
@@ -87,12 +104,15 @@ class Optimizer(StatePersistence):
         self._trainable_variables_indices = {}
         self._averages = []
         self._accumulators = []
+        self._masters = []
         self._backend = NUMPY
         self._structure = None
         self._trainable_paths = []
         self._trainable_names = []
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
+        self._fused = None
+        self._per_weight_cache = (None, None)
         self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
         if isinstance(learning_rate, (LearningRateSchedule,)) or callable(learning_rate):
@@ -160,13 +180,16 @@ class Optimizer(StatePersistence):
         return variable
 
     def build(self, variables):
-        """Create the optimizer variables for ``variables``.
+        """Create the optimizer variables for ``variables``: EMA averages, gradient
+        accumulators, the rule's slots (``_build_slots``), then polyak's own (master copies).
 
         ``variables`` is a list of weights (``polyak.Variable`` objects, NumPy arrays,
         torch tensors or JAX arrays, all of one kind and on one device), or with
         JAX arrays any pytree of them. The backend is chosen from their kind;
         the optimizer's variables are created on it, in each weight's dtype.
         """
+        if self.built:
+            return
         variables, structure = flatten(variables)
         bk = params_mod.check_parameters(variables, structure.paths, backend_for)
         self._backend = bk
@@ -175,13 +198,34 @@ class Optimizer(StatePersistence):
         self._trainable_paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
         self._trainable_names = [params_mod.name_of(v, d) for v, d in zip(variables, structure.paths)]
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        self._fused = None
+        self._per_weight_cache = (None, None)
         for v in self._variables:
             v._move_to(bk, bk.counter_dtype if v is self._iterations else None)
         if self.use_ema:
             self._averages = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
             self._accumulators = [self.add_variable_from_reference(v, "gradient_accumulator") for v in variables]
+        self._build_slots(variables)
+        if self.master_weights:
+            self._masters = [self._add_master(v) for v in variables]
         self.built = True
+
+    def _build_slots(self, variables):
+        """Create the update rule's per-weight variables (a subclass hook)."""
+
+    @staticmethod
+    def _is_16_bit(value):
+        return str(value.dtype) in ("float16", "bfloat16", "torch.float16", "torch.bfloat16")
+
+    def _add_master(self, reference):
+        value = params_mod.value_of(reference)
+        if not self._is_16_bit(value):
+            return None
+        bk = backend_for([value])
+        path = self._trainable_paths[self._trainable_variables_indices[id(reference)]].replace("/", "_")
+        return self._track(Variable(bk.cast(value, bk.float32), trainable=False, name=f"{path}_master",
+                                    _scope=self.name))
 
     def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
         """Create and track an optimizer variable (``initializer``: "zeros", "ones", an array or callable)."""
@@ -196,6 +240,8 @@ class Optimizer(StatePersistence):
         path = path.replace("/", "_")
         value = params_mod.value_of(reference_variable)
         bk = backend_for([value])
+        if self.master_weights and self._is_16_bit(value):
+            value = bk.cast(value, bk.float32)
         if initializer in _INITIALIZERS:
             initial = bk.zeros_like(value) if initializer == "zeros" else bk.zeros_like(value) + 1
         else:
@@ -261,14 +307,32 @@ class Optimizer(StatePersistence):
             return lambda iteration, stored: stored
         return lambda iteration, stored: lr()
 
+    def _fused_hyperparameters(self):
+        """Arguments of the backend's fused kernel for this rule, or None if it has none."""
+        return None
+
+    def _per_weight(self) -> PerWeight:
+        """Overwrite flags, decay mask and constraints of the built weights (cached until a
+        Variable's settings change)."""
+        version, cached = self._per_weight_cache
+        if cached is None or version != Variable._settings_version:
+            built = self._trainable_variables
+            cached = PerWeight(
+                overwrite=tuple(getattr(v, "overwrite_with_gradient", False) for v in built),
+                decay_mask=tuple(self._use_weight_decay(v) for v in built),
+                constraints=tuple(getattr(v, "constraint", None) for v in built),
+            )
+            self._per_weight_cache = (Variable._settings_version, cached)
+        return cached
+
     def _plan(self):
-        built = self._trainable_variables
+        per_weight = self._per_weight()
         return StepPlan(
             rule=self._update_rule,
             learning_rate=self._learning_rate_function(),
-            overwrite=[getattr(v, "overwrite_with_gradient", False) for v in built],
-            decay_mask=[self._use_weight_decay(v) for v in built],
-            constraints=[getattr(v, "constraint", None) for v in built],
+            overwrite=per_weight.overwrite,
+            decay_mask=per_weight.decay_mask,
+            constraints=per_weight.constraints,
             weight_decay=self.weight_decay,
             clipnorm=self.clipnorm,
             clipvalue=self.clipvalue,
@@ -293,6 +357,7 @@ class Optimizer(StatePersistence):
             averages=pick(self._averages),
             accumulators=pick(self._accumulators),
             slots=tuple(pick(slot) for slot in self._slot_variables()),
+            masters=pick(self._masters),
         )
 
     def _values_from(self, state: OptimizerState, values) -> list:
@@ -307,6 +372,7 @@ class Optimizer(StatePersistence):
         put([self._iterations], [state.iteration])
         put(self._averages, state.averages)
         put(self._accumulators, state.accumulators)
+        put(self._masters, state.masters)
         for slot, new in zip(self._slot_variables(), state.slots):
             put(slot, new)
         return values
@@ -355,6 +421,8 @@ class Optimizer(StatePersistence):
             if any(id(v) not in known for v in variables):
                 params_mod.check_parameters(variables, structure.paths, backend_for)
                 self._check_variables_are_known(variables)
+            if fast_path.try_apply(self, variables, grads):
+                return
             indices = [known[id(v)] for v in variables]
             bk, paths = self._backend, [self._trainable_paths[i] for i in indices]
         else:
@@ -365,6 +433,8 @@ class Optimizer(StatePersistence):
         grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)
         if not self.built:
             self.build(structure.rebuild(variables))
+            if fast_path.try_apply(self, self._trainable_variables, grads):
+                return
         full = [None] * len(self._trainable_variables)
         for i, g in zip(indices, grads):
             full[i] = g

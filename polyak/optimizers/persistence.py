@@ -31,7 +31,7 @@ class StatePersistence:
                 f"Optimizer '{self.name}' has a callable learning rate ({lr!r}), which cannot be serialized. "
                 "Use a float or a LearningRateSchedule (registered with polyak.register if it is your own)."
             )
-        return {
+        config = {
             "name": self.name,
             "learning_rate": learning_rate,
             "weight_decay": self.weight_decay,
@@ -44,6 +44,9 @@ class StatePersistence:
             "loss_scale_factor": self.loss_scale_factor,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
+        if self.master_weights:  # polyak's own options appear only when on, so configs stay Keras's
+            config["master_weights"] = True
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -55,13 +58,13 @@ class StatePersistence:
 
     def _checked_values(self, values, what):
         """``values`` as arrays after checking they match ``variables`` one to one in shape."""
-        if len(values) != len(self._variables):
+        if len(values) != len(self.variables):
             raise ValueError(
-                f"{what} must hold {len(self._variables)} values, one per optimizer variable. "
+                f"{what} must hold {len(self.variables)} values, one per optimizer variable. "
                 f"Received: {len(values)} values"
             )
         arrays = [self._backend.asarray(v) for v in values]
-        for variable, value in zip(self._variables, arrays):
+        for variable, value in zip(self.variables, arrays):
             if tuple(value.shape) != variable.shape:
                 raise ValueError(
                     f"Optimizer variable {variable.path!r} has shape {variable.shape} not compatible with "
@@ -77,26 +80,26 @@ class StatePersistence:
                 "`optimizer.build(trainable_variables)` to create the optimizer weights before calling "
                 "`set_weights()`."
             )
-        for variable, value in zip(self._variables, self._checked_values(list(weights), "`weights`")):
+        for variable, value in zip(self.variables, self._checked_values(list(weights), "`weights`")):
             variable.assign(value)
 
     def save_own_variables(self, store):
         """Write every optimizer variable to ``store[str(i)]`` as a NumPy array."""
-        for i, variable in enumerate(self._variables):
+        for i, variable in enumerate(self.variables):
             store[str(i)] = variable.numpy()
 
     def load_own_variables(self, store):
         """Read what ``save_own_variables`` wrote. A store with another variable count is
         skipped with a warning, as Keras does; a shape mismatch raises before any write."""
-        if len(store.keys()) != len(self._variables):
+        if len(store.keys()) != len(self.variables):
             msg = (
-                f"Skipping variable loading for optimizer '{self.name}', because it has {len(self._variables)} "
+                f"Skipping variable loading for optimizer '{self.name}', because it has {len(self.variables)} "
                 f"variables whereas the saved optimizer has {len(store.keys())} variables. "
             )
-            if len(self._variables) == 0 or not self.built:
+            if len(self.variables) == 0 or not self.built:
                 msg += "This is likely because the optimizer has not been called/built yet."
             warnings.warn(msg, stacklevel=2)
             return
-        values = self._checked_values([store[str(i)] for i in range(len(self._variables))], "The store")
-        for variable, value in zip(self._variables, values):
+        values = self._checked_values([store[str(i)] for i in range(len(self.variables))], "The store")
+        for variable, value in zip(self.variables, values):
             variable.assign(value)

@@ -40,29 +40,29 @@ class SGD(Optimizer):
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None,
-                 name=None, **kwargs):
+                 name=None, master_weights=False, **kwargs):
         momentum = validation.real("momentum", momentum, low=0, high=1)
         nesterov = validation.boolean("nesterov", nesterov)
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, name=name, **kwargs,
+            gradient_accumulation_steps=gradient_accumulation_steps, name=name, master_weights=master_weights,
+            **kwargs,
         )
         self.momentum = momentum
         self.nesterov = nesterov
         self.momentums = []
 
-    def build(self, variables):
-        """Create the base variables, then one ``momentum`` per weight when momentum != 0."""
-        if self.built:
-            return
-        super().build(variables)
-        self.momentums = self.add_optimizer_variables(self._trainable_variables, "momentum") \
-            if self.momentum != 0 else []
+    def _build_slots(self, variables):
+        """One ``momentum`` (velocity) per weight when momentum != 0."""
+        self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum != 0 else []
 
     def _slot_variables(self):
         return (self.momentums,) if self.momentum != 0 else ()
+
+    def _fused_hyperparameters(self):
+        return self.momentum, self.nesterov
 
     def _update_rule(self, bk, grads, params, slots, learning_rate):
         velocities = slots[0] if slots else None

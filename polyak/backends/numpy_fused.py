@@ -1,0 +1,103 @@
+"""The fused SGD step on NumPy weights: flat optimizer state, one kernel call per step.
+
+At the first eligible ``apply`` the optimizer's per-weight state (velocity, EMA
+average, gradient accumulator) is moved into one flat buffer per role; each
+``Variable`` keeps a view into it, so ``variables``, ``assign`` and the stores
+behave as before. Weights and gradients stay where the user keeps them and are
+reached through their addresses.
+
+Eligible: every weight a C-contiguous float32 or float64 array of one dtype,
+none with a constraint or ``overwrite_with_gradient``; every gradient present,
+C-contiguous, of the weights' dtype and shape. Anything else takes the
+reference step, which gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polyak.core.fused import CLIP_GLOBAL, CLIP_NORM, FusedCall
+
+CHUNK = 1 << 15  #: elements per parallel work item
+kernels = None  #: the numba kernels module, imported at the first fused step
+
+
+def available() -> bool:
+    """Whether numba is installed (imported on first use, to keep ``import polyak`` fast)."""
+    global kernels
+    if kernels is None:
+        try:
+            from polyak.backends import numpy_kernels
+        except ImportError:  # numba is not installed: the reference step serves
+            return False
+        kernels = numpy_kernels
+    return True
+
+
+def eligible_weights(values) -> bool:
+    dtype = values[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous for v in values
+    )
+
+
+class FusedSGD:
+    """A fused step bound to one list of weight arrays and the state Variables of each role."""
+
+    def __init__(self, weights, velocities, averages, accumulators, decay_mask):
+        self.weights = list(weights)
+        self.dtype = self.weights[0].dtype
+        self.shapes = [w.shape for w in self.weights]
+        self.sizes = np.array([w.size for w in self.weights], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.decay = np.array(decay_mask, np.uint8)
+        self.weight_addresses = kernels.addresses(self.weights)
+        empty = np.zeros(0, self.dtype)
+        self.velocity = self._pack(velocities) if velocities else empty
+        self.average = self._pack(averages) if averages else empty
+        self.accumulator = self._pack(accumulators) if accumulators else empty
+        chunks = [(t, start, min(start + CHUNK, size))
+                  for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
+        self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
+        self._chunk_sums = np.zeros(len(chunks), np.float64)
+        self._no_denominators = np.ones(len(self.weights), self.dtype)
+
+    def _pack(self, variables):
+        """One flat buffer holding every variable's value; each variable rebinds to its view."""
+        flat = np.empty(int(self.sizes.sum()), self.dtype)
+        for variable, offset, size, shape in zip(variables, self.offsets, self.sizes, self.shapes):
+            view = flat[offset:offset + size].reshape(shape)
+            view[...] = variable.value
+            variable._rebind(view)
+        return flat
+
+    def still_bound(self, weights) -> bool:
+        return len(weights) == len(self.weights) and all(a is b for a, b in zip(weights, self.weights))
+
+    def accepts(self, grads) -> bool:
+        dtype = self.dtype
+        return all(
+            type(g) is np.ndarray and g.dtype == dtype and g.shape == shape and g.flags.c_contiguous
+            for g, shape in zip(grads, self.shapes)
+        )
+
+    def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
+        """Per tensor, the sum of squares of the gradient the update will use (float64)."""
+        s = self.dtype.type
+        kernels.sum_squares(self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes,
+                            self.offsets, self.accumulator, mode, s(loss_scale), s(accumulation_steps),
+                            self._chunk_sums)
+        return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
+
+    def run(self, grad_addresses, call: FusedCall, momentum, nesterov):
+        """One fused step; every scalar is passed as a scalar of the weights' dtype."""
+        s = self.dtype.type
+        kernels.sgd_step(
+            self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
+            self.sizes, self.offsets, self.velocity, self.average, self.accumulator, self.decay,
+            call.denominators if call.clip == CLIP_NORM else self._no_denominators,
+            call.mode, s(call.loss_scale), s(call.accumulation_steps), call.clip, s(call.clip_value),
+            s(call.global_scale) if call.clip == CLIP_GLOBAL else s(1),
+            s(call.learning_rate), s(call.weight_decay), s(momentum), momentum != 0, bool(nesterov),
+            self.average.size > 0, s(call.ema_m), s(call.ema_1m), bool(call.ema_overwrite),
+        )

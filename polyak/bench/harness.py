@@ -1,0 +1,111 @@
+"""Run the contenders on the workloads, side by side, and tabulate median step times.
+
+Every contender of a workload is set up first; then repetitions are
+interleaved (one step of each, in turn) so that machine noise hits all alike.
+Ratios are taken within the run: to ``torch fused`` and to the bandwidth floor
+(the bytes a step must move divided by the measured stream bandwidth).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import statistics
+import time
+import tracemalloc
+
+from polyak.bench.bandwidth import stream_bandwidth
+from polyak.bench.contenders import CONTENDERS, Unavailable
+from polyak.bench.workloads import WORKLOADS, bytes_moved
+
+
+def _peak_step_bytes(step):
+    """Peak bytes allocated through NumPy/Python during one step (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        step()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def run_workload(workload, contenders, repeats, warmup, bandwidth, log=print):
+    steps, notes = {}, {}
+    for name in contenders:
+        try:
+            steps[name] = CONTENDERS[name](workload)
+            for _ in range(warmup):
+                steps[name]()
+        except Unavailable as why:
+            notes[name] = str(why)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    floor = bytes_moved(workload) / bandwidth
+    rows = {}
+    reference = statistics.median(times["torch fused"]) if "torch fused" in times else None
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        rows[name] = {
+            "ms": median * 1e3,
+            "vs_torch_fused": median / reference if reference else None,
+            "vs_floor": median / floor,
+        }
+    if "polyak numpy" in steps:
+        state_bytes = 4 * workload.parameters * (4 if workload.options.get("use_ema") else 3)
+        peak = _peak_step_bytes(steps["polyak numpy"])
+        rows["polyak numpy"]["peak_temporary_bytes"] = peak
+        rows["polyak numpy"]["peak_temporary_vs_state"] = peak / state_bytes
+    steps.clear()
+    gc.collect()
+    return {"workload": workload.key, "title": workload.title, "parameters": workload.parameters,
+            "tensors": len(workload.shapes), "floor_ms": floor * 1e3, "results": rows, "unavailable": notes}
+
+
+def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=3, log=print):
+    contenders = list(contenders or CONTENDERS)
+    bandwidth = stream_bandwidth()
+    log(f"stream bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    report = {"machine": _machine(), "bandwidth_gb_s": bandwidth / 1e9, "workloads": []}
+    for key in workloads:
+        result = run_workload(WORKLOADS[key], contenders, repeats, warmup, bandwidth, log)
+        report["workloads"].append(result)
+        log(format_table(result))
+    return report
+
+
+def _machine():
+    import os
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    for package in ("numpy", "numba", "torch", "jax", "optax", "keras"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def format_table(result):
+    lines = [f"\n{result['workload']}: {result['title']} — {result['tensors']} tensors, "
+             f"{result['parameters'] / 1e6:.1f}M parameters, floor {result['floor_ms']:.2f} ms",
+             f"  {'contender':<16}{'ms':>9}{'× torch fused':>15}{'× floor':>10}"]
+    for name, row in result["results"].items():
+        vs_torch = f"{row['vs_torch_fused']:.2f}" if row["vs_torch_fused"] else "—"
+        lines.append(f"  {name:<16}{row['ms']:>9.2f}{vs_torch:>15}{row['vs_floor']:>10.2f}")
+        if "peak_temporary_bytes" in row:
+            lines.append(f"  {'':<16}peak temporaries {row['peak_temporary_bytes'] / 1e6:.1f} MB "
+                         f"({100 * row['peak_temporary_vs_state']:.1f}% of params + grads + state)")
+    for name, why in result["unavailable"].items():
+        lines.append(f"  {name:<16}— ({why})")
+    return "\n".join(lines)
+
+
+def save(report, path):
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)

@@ -1,0 +1,68 @@
+"""Dispatch from ``Optimizer.apply`` to a backend's fused step, when one applies.
+
+The fused step computes what the reference step computes (see
+``polyak.backends.numpy_fused``); this module only decides whether it can run
+and prepares it once per set of weights.
+"""
+
+from __future__ import annotations
+
+from polyak.backends import NUMPY, numpy_fused
+from polyak.core.fused import plan_call
+from polyak.optimizers import parameters as params_mod
+from polyak.variable import Variable
+
+
+def _prepare(opt):
+    hyper = opt._fused_hyperparameters()
+    if hyper is None or opt._backend is not NUMPY or not numpy_fused.available():
+        return None
+    weights = [params_mod.value_of(v) for v in opt._trainable_variables]
+    per_weight = opt._per_weight()
+    if any(per_weight.overwrite) or any(c is not None for c in per_weight.constraints):
+        return None
+    if not weights or not numpy_fused.eligible_weights(weights):
+        return None
+    slots = opt._slot_variables()
+    return numpy_fused.FusedSGD(
+        weights,
+        velocities=slots[0] if slots else [],
+        averages=opt._averages,
+        accumulators=opt._accumulators,
+        decay_mask=per_weight.decay_mask if opt.weight_decay is not None else [False] * len(weights),
+    )
+
+
+def try_apply(opt, variables, grads) -> bool:
+    """Run the fused step and return True, or return False having changed nothing."""
+    if opt._fused is False:
+        return False
+    if variables is not opt._trainable_variables and not all(
+        a is b for a, b in zip(variables, opt._trainable_variables)
+    ):
+        return False
+    if len(variables) != len(opt._trainable_variables) or len(grads) != len(variables):
+        return False
+    if opt._fused is None:
+        opt._fused = _prepare(opt) or False
+        if opt._fused is False:
+            return False
+    fused = opt._fused
+    if not fused.still_bound([params_mod.value_of(v) for v in variables]) or not fused.accepts(grads):
+        return False
+    plan = opt._plan()
+    if any(plan.overwrite) or any(c is not None for c in plan.constraints):
+        return False
+    addresses = numpy_fused.kernels.addresses(grads)
+    iteration = opt._iterations.value
+    stored_lr = opt._learning_rate.value if isinstance(opt._learning_rate, Variable) else None
+
+    def sum_squares(mode):
+        return fused.sum_squares(addresses, mode, plan.loss_scale_factor or 0, plan.accumulation_steps or 0)
+
+    with NUMPY.step_context():
+        call = plan_call(plan, NUMPY, fused.dtype, iteration, stored_lr, sum_squares)
+        momentum, nesterov = opt._fused_hyperparameters()
+        fused.run(addresses, call, momentum, nesterov)
+    opt._iterations.assign(iteration + 1)
+    return True
