@@ -77,7 +77,8 @@ class JaxBackend(Backend):
         return jnp.array(value, copy=True)
 
     def dtype(self, spec):
-        return jnp.dtype(dtype_name(spec))
+        """JAX's dtype for ``spec``: without ``jax_enable_x64``, 64-bit types are their 32-bit ones."""
+        return jax.dtypes.canonicalize_dtype(jnp.dtype(dtype_name(spec)))
 
     def kind(self, dtype):
         return "f" if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(dtype).kind

@@ -191,7 +191,8 @@ class Optimizer(StatePersistence):
         if self.built:
             return
         variables, structure = flatten(variables)
-        bk = params_mod.check_parameters(variables, structure.paths, backend_for)
+        params_mod.check_parameters(variables, structure.paths)
+        bk = backend_for([params_mod.value_of(v) for v in variables])
         self._backend = bk
         self._structure = structure
         self._trainable_variables = variables
@@ -419,7 +420,7 @@ class Optimizer(StatePersistence):
         known = self._trainable_variables_indices
         if self.built:
             if any(id(v) not in known for v in variables):
-                params_mod.check_parameters(variables, structure.paths, backend_for)
+                params_mod.check_parameters(variables, structure.paths)
                 self._check_variables_are_known(variables)
             if fast_path.try_apply(self, variables, grads):
                 return
@@ -427,7 +428,8 @@ class Optimizer(StatePersistence):
             bk, paths = self._backend, [self._trainable_paths[i] for i in indices]
         else:
             indices = range(len(variables))
-            bk = params_mod.check_parameters(variables, structure.paths, backend_for)
+            params_mod.check_parameters(variables, structure.paths)
+            bk = backend_for([params_mod.value_of(v) for v in variables])
             paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
         params_mod.check_writable(bk, variables, paths)
         grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)

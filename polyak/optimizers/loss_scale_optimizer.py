@@ -113,14 +113,13 @@ class LossScaleOptimizer(Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
-        trainable_variables = None if trainable_variables is None else list(trainable_variables)
         if not self.built:
-            self.build(trainable_variables)
-        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+            self.build(params_mod.check_parameters(trainable_variables))
+        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
         self.inner_optimizer._check_variables_are_known(variables)
         bk = self._backend
         grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables],
-                                [params_mod.path_of(v, f"variable_{i}") for i, v in enumerate(variables)])
+                                [params_mod.path_of(v, i) for i, v in enumerate(variables)])
         with bk.step_context():
             finite = self._all_finite(bk, grads)
         if bool(finite):

@@ -8,7 +8,7 @@ can be trained through ``stateless_apply`` or by wrapping it in a Variable.
 
 from __future__ import annotations
 
-from polyak.backends import kind_of
+from polyak.backends import backend_for, kind_of
 from polyak.variable import Variable
 
 
@@ -16,13 +16,18 @@ def value_of(parameter):
     return parameter.value if isinstance(parameter, Variable) else parameter
 
 
+def _default_name(default):
+    return default if isinstance(default, str) else f"variable_{default}"
+
+
 def name_of(parameter, default):
-    """A Variable's name; a plain array is called by its position (``default``)."""
-    return parameter.name if isinstance(parameter, Variable) else default
+    """A Variable's name; a plain array is called by its position: ``default``, a name or an
+    index (``variable_{index}``)."""
+    return parameter.name if isinstance(parameter, Variable) else _default_name(default)
 
 
 def path_of(parameter, default):
-    return parameter.path if isinstance(parameter, Variable) else default
+    return parameter.path if isinstance(parameter, Variable) else _default_name(default)
 
 
 def write(backend, parameter, value):
@@ -32,23 +37,23 @@ def write(backend, parameter, value):
         backend.write(parameter, value)
 
 
-def check_parameters(parameters, paths, backend_for) -> list:
-    """Check each parameter is a Variable or an array of a floating dtype, then return the
-    backend of them all (``backend_for(values, paths)`` rejects mixed kinds and devices)."""
+def check_parameters(parameters, paths=None) -> list:
+    """The parameters as a list, after checking each is a Variable or an array of a floating
+    dtype, all of one kind and on one device (``paths`` name them; by default by position)."""
+    parameters = list(parameters)
+    paths = [path_of(p, d) for p, d in zip(parameters, paths or range(len(parameters)))]
     values = [value_of(p) for p in parameters]
-    for i, (p, value, path) in enumerate(zip(parameters, values, paths)):
+    for i, (p, value) in enumerate(zip(parameters, values)):
         if kind_of(value) is None:
             raise TypeError(
                 f"Trainable variable {i} must be a polyak.Variable or an array. "
                 f"Received: trainable_variables[{i}] of type {type(p).__name__}"
             )
-    backend = backend_for(values, [path_of(p, d) for p, d in zip(parameters, paths)])
-    for p, value, path in zip(parameters, values, paths):
+    backend = backend_for(values, paths)
+    for value, path in zip(values, paths):
         if not backend.is_floating(value.dtype):
-            raise TypeError(
-                f"Trainable variable {path_of(p, path)!r} must have a floating dtype. Received: dtype={value.dtype}"
-            )
-    return backend
+            raise TypeError(f"Trainable variable {path!r} must have a floating dtype. Received: dtype={value.dtype}")
+    return parameters
 
 
 def check_writable(backend, parameters, paths):
