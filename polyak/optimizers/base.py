@@ -412,6 +412,8 @@ class Optimizer(StatePersistence):
                     "of variables. Call `optimizer.build(trainable_variables)` first."
                 )
             variables, structure = self._trainable_variables, self._structure
+        elif self._are_the_built_weights(trainable_variables):
+            variables, structure = self._trainable_variables, self._structure
         else:
             variables, structure = flatten(trainable_variables)
         grads = structure.leaves(grads, "grads")
@@ -449,6 +451,12 @@ class Optimizer(StatePersistence):
         for variable, old, new in zip(self._variables, old_values, new_values):
             if new is not old:
                 variable.assign(new)
+
+    def _are_the_built_weights(self, variables):
+        """Whether ``variables`` is the flat list the optimizer was built on (the common call)."""
+        built = self._trainable_variables
+        return (self.built and self._structure.treedef is None and isinstance(variables, (list, tuple))
+                and len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
 
     def _check_variables_are_known(self, variables):
         for v in variables:
