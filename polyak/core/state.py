@@ -15,6 +15,7 @@ class OptimizerState(NamedTuple):
     averages: tuple  #: EMA of each weight, or empty without EMA
     accumulators: tuple  #: summed gradients, or empty without accumulation
     slots: tuple  #: the update rule's per-weight tensors, one tuple per slot kind
+    skipped: Any = None  #: steps skipped for non-finite gradients, int64; None unless ``skip_nonfinite``
 
 
 #: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists.
@@ -40,3 +41,4 @@ class StepPlan:
     ema_overwrite_frequency: Optional[int] = None
     loss_scale_factor: Optional[float] = None
     accumulation_steps: Optional[int] = None
+    skip_nonfinite: bool = False  #: a step with any inf/NaN gradient changes nothing but ``skipped``

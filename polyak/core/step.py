@@ -15,13 +15,18 @@ The order is Keras 3's ``Optimizer.apply``:
 8. EMA of the weights, and the periodic overwrite of the weights by it;
 9. constraints; the raw iteration count goes up by one.
 
+With ``skip_nonfinite`` (not a Keras option) the whole step is guarded: when
+any element of any gradient is inf or NaN, weights and state come back
+unchanged, iteration count included, and only the ``skipped`` counter goes up
+by one. The predicate is an array and the choice goes through ``bk.cond``.
+
 Nothing is mutated: new arrays are returned, and branches that depend on the
 iteration go through ``bk.cond`` so the step traces under ``jax.jit``.
 """
 
 from __future__ import annotations
 
-from polyak.core import clipping, decay, ema
+from polyak.core import clipping, decay, ema, nonfinite
 from polyak.core.state import OptimizerState, StepPlan
 
 
@@ -49,6 +54,21 @@ def _descend(plan, bk, grads, params, slots, learning_rate, decay_mask):
 
 def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
     """Return ``(new_params, new_state)``. ``grads`` aligns with ``params``; ``None`` skips."""
+    if not plan.skip_nonfinite:
+        return _keras_step(plan, bk, params, state, grads)
+
+    def step():
+        return _keras_step(plan, bk, params, state, grads)
+
+    def skip():
+        return list(params), state._replace(skipped=state.skipped + 1)
+
+    finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])
+    return bk.cond(finite, step, skip)
+
+
+def _keras_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
+    """Steps 1-9, with Keras's handling of non-finite gradients (they propagate)."""
     params = list(params)
     accumulators = list(state.accumulators)
     slots = [list(s) for s in state.slots]
@@ -116,6 +136,7 @@ def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
         averages=tuple(averages),
         accumulators=tuple(accumulators),
         slots=tuple(tuple(slot) for slot in slots),
+        skipped=state.skipped,
     )
     return params, new_state
 

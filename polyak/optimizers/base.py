@@ -48,11 +48,17 @@ class Optimizer(StatePersistence):
             the gradients by it.
         gradient_accumulation_steps: update every N calls with the mean gradient.
         name: the optimizer's name, prefix of its variables' paths.
+        skip_nonfinite: not a Keras option, off by default (Keras lets an
+            inf/NaN gradient poison the weights and every slot). When True, a
+            step whose gradients hold any inf or NaN changes nothing, iteration
+            count included, except ``skipped_steps``, which goes up by one. The
+            counter is an int64 optimizer variable placed after all of Keras's
+            variables, so their order and positions stay Keras's.
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, **kwargs):
+                 gradient_accumulation_steps=None, name=None, *, skip_nonfinite=False, **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -76,11 +82,13 @@ class Optimizer(StatePersistence):
         self.gradient_accumulation_steps = validation.integer(
             "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
         )
+        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
         learning_rate = self._check_learning_rate(learning_rate)
 
         self.built = False
         self._variables = []
+        self._polyak_only = 0  # how many variables at the end of ``_variables`` Keras does not have
         self._trainable_variables = []
         self._trainable_variables_indices = {}
         self._averages = []
@@ -95,6 +103,11 @@ class Optimizer(StatePersistence):
         else:
             self._learning_rate = self._track(Variable(learning_rate, dtype="float32", name="learning_rate",
                                                        trainable=False, _scope=self.name))
+        self._skipped_steps = None
+        if self.skip_nonfinite:
+            self._skipped_steps = self._track(Variable(0, dtype="int64", name="skipped_steps", trainable=False,
+                                                       _scope=self.name))
+            self._polyak_only = 1
 
     # --- learning rate and counters ------------------------------------------
     @staticmethod
@@ -114,6 +127,12 @@ class Optimizer(StatePersistence):
         if self.gradient_accumulation_steps:
             return self._iterations.value // self.gradient_accumulation_steps
         return self._iterations
+
+    @property
+    def skipped_steps(self):
+        """With ``skip_nonfinite``: the int64 variable counting steps skipped for an
+        inf/NaN gradient (calls, not updates, under accumulation). Otherwise None."""
+        return self._skipped_steps
 
     @property
     def learning_rate(self):
@@ -145,12 +164,14 @@ class Optimizer(StatePersistence):
     @property
     def variables(self):
         """Optimizer variables in Keras's order: iteration, learning_rate (when a
-        float), EMA averages, gradient accumulators, then the rule's slots."""
+        float), EMA averages, gradient accumulators, then the rule's slots; with
+        ``skip_nonfinite``, ``skipped_steps`` comes last."""
         return self._variables[:]
 
     # --- building --------------------------------------------------------------
     def _track(self, variable):
-        self._variables.append(variable)
+        """Append ``variable`` to Keras's variables, ahead of polyak's own."""
+        self._variables.insert(len(self._variables) - self._polyak_only, variable)
         return variable
 
     def build(self, variables):
@@ -257,6 +278,7 @@ class Optimizer(StatePersistence):
             ema_overwrite_frequency=self.ema_overwrite_frequency,
             loss_scale_factor=self.loss_scale_factor,
             accumulation_steps=self.gradient_accumulation_steps,
+            skip_nonfinite=self.skip_nonfinite,
         )
 
     def _state_from(self, values) -> OptimizerState:
@@ -272,6 +294,7 @@ class Optimizer(StatePersistence):
             averages=pick(self._averages),
             accumulators=pick(self._accumulators),
             slots=tuple(pick(slot) for slot in self._slot_variables()),
+            skipped=None if self._skipped_steps is None else values[position[id(self._skipped_steps)]],
         )
 
     def _values_from(self, state: OptimizerState, values) -> list:
@@ -284,6 +307,8 @@ class Optimizer(StatePersistence):
                     values[position[id(v)]] = x
 
         put([self._iterations], [state.iteration])
+        if self._skipped_steps is not None:
+            put([self._skipped_steps], [state.skipped])
         put(self._averages, state.averages)
         put(self._accumulators, state.accumulators)
         for slot, new in zip(self._slot_variables(), state.slots):

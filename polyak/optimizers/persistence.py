@@ -31,7 +31,7 @@ class StatePersistence:
                 f"Optimizer '{self.name}' has a callable learning rate ({lr!r}), which cannot be serialized. "
                 "Use a float or a LearningRateSchedule (registered with polyak.register if it is your own)."
             )
-        return {
+        config = {
             "name": self.name,
             "learning_rate": learning_rate,
             "weight_decay": self.weight_decay,
@@ -44,6 +44,9 @@ class StatePersistence:
             "loss_scale_factor": self.loss_scale_factor,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
+        if self.skip_nonfinite:  # polyak's own option: absent when off, so configs stay Keras's
+            config["skip_nonfinite"] = True
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
