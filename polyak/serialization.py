@@ -106,7 +106,7 @@ def resolve(kind: str, config: dict, custom_objects: dict | None = None) -> type
     base = _base_class(kind)
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ValueError(
-            f"'{class_name}' resolves to {found!r}, which is not a {base.__name__} subclass; a serialized "
+            f"'{class_name}' resolves to {found!r}, which is not a subclass of {base.__name__}; a serialized "
             f"{kind} only builds {base.__name__} classes."
         )
     return found
