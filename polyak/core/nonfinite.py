@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 
 def all_finite(xp, grads):
     """A scalar boolean array: true when no gradient holds an inf or a NaN.
@@ -9,4 +11,4 @@ def all_finite(xp, grads):
     ``grads`` is a non-empty list of arrays. The answer is an array, not a
     Python bool, so callers branch on it with ``bk.cond`` and it traces under jit.
     """
-    return xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads]))
+    return functools.reduce(xp.logical_and, [xp.all(xp.isfinite(g)) for g in grads])
