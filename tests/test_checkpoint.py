@@ -326,6 +326,17 @@ def test_a_hostile_file_with_a_valid_checksum_is_refused(tmp_path, change, text)
     assert text in str(info.value)
 
 
+@pytest.mark.parametrize("rate", [np.nan, -1.0, np.inf])
+def test_a_stored_learning_rate_must_be_one_the_constructor_accepts(tmp_path, rate):
+    path = tmp_path / "run.ckpt"
+    polyak.save(path, polyak.SGD(0.1, momentum=0.9))
+    _rewrite(path, {"optimizer/learning_rate": np.array(rate, np.float32)})
+    optimizer = polyak.SGD(0.5)
+    with pytest.raises(ValueError, match="invalid learning rate"):
+        polyak.load(path, optimizer)
+    assert float(optimizer.learning_rate) == 0.5
+
+
 def test_a_safetensors_file_from_elsewhere_is_not_a_checkpoint(tmp_path):
     safetensors.numpy.save_file({"w": np.zeros(2)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="not a polyak checkpoint"):

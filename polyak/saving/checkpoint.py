@@ -181,8 +181,9 @@ def _optimizer_from_config(metadata, path):
 
 
 def _as_built(optimizer, weights):
-    """``optimizer`` as it will be once built on ``weights``: a built copy, so the
-    original is left as it is until everything is known to match."""
+    """``optimizer`` as it will be once built on ``weights``: a built shallow copy, so the
+    original is left as it is until everything is known to match. (``build`` rebinds
+    attributes and adds to ``_variables``, of which the copy gets its own list.)"""
     if optimizer.built or weights is None:
         return optimizer
     probe = copy.copy(optimizer)
@@ -209,10 +210,15 @@ def _compare(expected, tensors, path, hint=""):
     return CheckpointMismatch(path, missing, unexpected, mismatched, hint if unexpected else "")
 
 
-def _check_counters(tensors, path):
+def _check_scalars(tensors, path):
+    """Counters are integers >= 0 and a stored learning rate is finite and >= 0, as the
+    constructor would require; the rest is data."""
     for key in (names.OPTIMIZER + "iteration", names.OPTIMIZER + "skipped_steps"):
         if key in tensors and (tensors[key].dtype.kind not in "iu" or np.any(tensors[key] < 0)):
             raise ValueError(f"{path!r} holds an invalid {key}: {tensors[key]!r} (a count must be an integer >= 0).")
+    rate = tensors.get(names.OPTIMIZER + "learning_rate")
+    if rate is not None and not (rate.dtype.kind == "f" and np.all(np.isfinite(rate)) and np.all(rate >= 0)):
+        raise ValueError(f"{path!r} holds an invalid learning rate: {rate!r} (it must be finite and >= 0).")
 
 
 def load(path, optimizer=None, variables=None, strict=True):
@@ -220,9 +226,10 @@ def load(path, optimizer=None, variables=None, strict=True):
 
     Args:
         path: the checkpoint file.
-        optimizer: the optimizer to restore into (its hyperparameters are kept;
-            its variables are loaded). None: a new one is made from the stored
-            config; only polyak's and registered classes can be made.
+        optimizer: the optimizer to restore into: its hyperparameters are kept
+            and its variables loaded (a float learning rate is one, as in Keras).
+            None: a new one is made from the stored config; only polyak's and
+            registered classes can be made.
         variables: the weights. An unbuilt optimizer is built on them; if the
             file holds weight values, they are loaded into them by path.
         strict: every name, shape and dtype must match, else a
@@ -238,7 +245,7 @@ def load(path, optimizer=None, variables=None, strict=True):
         variables = parameters.check_parameters(_check_weights(variables, "variables"))
     tensors, metadata = files.read(path)
     optimizer_keys, weight_keys = _stored_layout(tensors, metadata, path)
-    _check_counters(tensors, path)
+    _check_scalars(tensors, path)
     target = optimizer if optimizer is not None else _optimizer_from_config(metadata, path)
 
     planned = _as_built(target, variables)
