@@ -64,11 +64,18 @@ class Optimizer(StatePersistence):
             updates smaller than the weight's precision still accumulate. No
             effect on float32/float64 weights. The master copies are optimizer
             variables named ``{path}_master``, after the others.
+        skip_nonfinite: not a Keras option, off by default (Keras lets an
+            inf/NaN gradient poison the weights and every slot). When True, a
+            step whose gradients hold any inf or NaN changes nothing, iteration
+            count included, except ``skipped_steps``, which goes up by one. The
+            counter is an int64 optimizer variable placed after all of Keras's
+            variables, so their order and positions stay Keras's.
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, master_weights=False, **kwargs):
+                 gradient_accumulation_steps=None, name=None, *, master_weights=False, skip_nonfinite=False,
+                 **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -92,12 +99,14 @@ class Optimizer(StatePersistence):
         self.gradient_accumulation_steps = validation.integer(
             "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
         )
+        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
         self.master_weights = validation.boolean("master_weights", master_weights)
         learning_rate = self._check_learning_rate(learning_rate)
 
         self.built = False
         self._variables = []
+        self._polyak_only = 0  # how many variables at the end of ``_variables`` Keras does not have
         self._trainable_variables = []
         self._trainable_variables_indices = {}
         self._averages = []
@@ -107,6 +116,9 @@ class Optimizer(StatePersistence):
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
         self._fused = None
+        #: Run the backend's fused kernel when the step allows it (same numbers; norms may
+        #: differ in the last bit). Set False to always run the reference step.
+        self.fused = True
         self._per_weight_cache = (None, None)
         self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
@@ -115,6 +127,11 @@ class Optimizer(StatePersistence):
         else:
             self._learning_rate = self._track(Variable(learning_rate, dtype="float32", name="learning_rate",
                                                        trainable=False, _scope=self.name))
+        self._skipped_steps = None
+        if self.skip_nonfinite:
+            self._skipped_steps = self._track(Variable(0, dtype="int64", name="skipped_steps", trainable=False,
+                                                       _scope=self.name))
+            self._polyak_only = 1
 
     # --- learning rate and counters ------------------------------------------
     @staticmethod
@@ -134,6 +151,12 @@ class Optimizer(StatePersistence):
         if self.gradient_accumulation_steps:
             return self._iterations.value // self.gradient_accumulation_steps
         return self._iterations
+
+    @property
+    def skipped_steps(self):
+        """With ``skip_nonfinite``: the int64 variable counting steps skipped for an
+        inf/NaN gradient (calls, not updates, under accumulation). Otherwise None."""
+        return self._skipped_steps
 
     @property
     def learning_rate(self):
@@ -165,12 +188,14 @@ class Optimizer(StatePersistence):
     @property
     def variables(self):
         """Optimizer variables in Keras's order: iteration, learning_rate (when a
-        float), EMA averages, gradient accumulators, then the rule's slots."""
+        float), EMA averages, gradient accumulators, then the rule's slots; with
+        ``skip_nonfinite``, ``skipped_steps`` comes last."""
         return self._variables[:]
 
     # --- building --------------------------------------------------------------
     def _track(self, variable):
-        self._variables.append(variable)
+        """Append ``variable`` to Keras's variables, ahead of polyak's own."""
+        self._variables.insert(len(self._variables) - self._polyak_only, variable)
         return variable
 
     def build(self, variables):
@@ -323,6 +348,7 @@ class Optimizer(StatePersistence):
             ema_overwrite_frequency=self.ema_overwrite_frequency,
             loss_scale_factor=self.loss_scale_factor,
             accumulation_steps=self.gradient_accumulation_steps,
+            skip_nonfinite=self.skip_nonfinite,
         )
 
     def _state_from(self, values) -> OptimizerState:
@@ -339,6 +365,7 @@ class Optimizer(StatePersistence):
             accumulators=pick(self._accumulators),
             slots=tuple(pick(slot) for slot in self._slot_variables()),
             masters=pick(self._masters),
+            skipped=None if self._skipped_steps is None else values[position[id(self._skipped_steps)]],
         )
 
     def _values_from(self, state: OptimizerState, values) -> list:
@@ -351,6 +378,8 @@ class Optimizer(StatePersistence):
                     values[position[id(v)]] = x
 
         put([self._iterations], [state.iteration])
+        if self._skipped_steps is not None:
+            put([self._skipped_steps], [state.skipped])
         put(self._averages, state.averages)
         put(self._accumulators, state.accumulators)
         put(self._masters, state.masters)

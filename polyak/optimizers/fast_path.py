@@ -35,7 +35,7 @@ def _prepare(opt):
 
 def try_apply(opt, variables, grads) -> bool:
     """Run the fused step and return True, or return False having changed nothing."""
-    if opt._fused is False:
+    if not opt.fused or opt._fused is False or opt.skip_nonfinite:
         return False
     if variables is not opt._trainable_variables and not all(
         a is b for a, b in zip(variables, opt._trainable_variables)
