@@ -8,6 +8,8 @@ keys them by the *path of their weight* instead:
 * ``optimizer/{weight path}/{slot}`` for per-weight state, e.g.
   ``optimizer/dense/kernel/momentum``, ``.../average``, ``.../gradient_accumulator``;
 * ``optimizer/{name}`` for any other variable (made with ``add_variable``);
+* for a ``LossScaleOptimizer``, its own variables as ``optimizer/loss_scale/{name}``, then
+  its inner optimizer's keys;
 * ``variables/{weight path}`` for the weights' own values.
 
 The optimizer's name is not part of a key, so a checkpoint moves between
@@ -40,13 +42,17 @@ def _unique(keys, what):
 
 def optimizer_keys(optimizer) -> list[str]:
     """One key per optimizer variable, in ``optimizer.variables`` order."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        own = [f"{OPTIMIZER}loss_scale/{v.name}" for v in optimizer._variables]
+        return _unique(own + optimizer_keys(inner), "optimizer variables")
     roles = {id(optimizer._iterations): "iteration"}
     if optimizer.skipped_steps is not None:
         roles[id(optimizer.skipped_steps)] = "skipped_steps"
     learning_rate = optimizer._learning_rate
     if any(learning_rate is v for v in optimizer.variables):
         roles[id(learning_rate)] = "learning_rate"
-    per_weight = (optimizer._averages, optimizer._accumulators, *optimizer._slot_variables())
+    per_weight = (optimizer._averages, optimizer._accumulators, *optimizer._slot_variables(), optimizer._masters)
     for index, weight in enumerate(optimizer._trainable_variables):
         path = parameters.path_of(weight, index)
         prefix = path.replace("/", "_") + "_"
