@@ -7,6 +7,7 @@ exits with status 2; Ctrl-C exits with status 130; neither shows a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import polyak
@@ -38,3 +39,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output left (`polyak demo | head`): stop quietly, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -46,8 +46,13 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
     out = Path(out)
     checkpoint = None
     if resume is not None:
-        checkpoint = load_checkpoint(out / CHECKPOINT if resume is True else Path(resume))
-        settings = Settings.from_dict(checkpoint.settings)
+        path = out / CHECKPOINT if resume is True else Path(resume)
+        checkpoint = load_checkpoint(path)
+        try:
+            settings = Settings.from_dict(checkpoint.settings)
+            report.check_history(checkpoint.history)
+        except (DemoError, ValueError) as error:
+            raise DemoError(f"the checkpoint {str(path)!r} does not hold a demo run: {error}") from None
         settings.check_options(**options)
     else:
         settings = Settings().with_options(**options)
@@ -57,7 +62,10 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
     model = make_model(settings.backend, settings.hidden, init_seed)
     data = load_digits()
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
-    opt = make_optimizer(settings, settings.epochs * steps_per_epoch)
+    try:
+        opt = make_optimizer(settings, settings.epochs * steps_per_epoch)
+    except (ValueError, TypeError) as error:  # settings read from a checkpoint are not checked field by field
+        raise DemoError(f"the settings do not make an optimizer: {error}") from None
     opt.build(model.weights)
     rng = np.random.default_rng(shuffle_seed)
     history = []

@@ -102,6 +102,8 @@ class NumpyMLP:
         expected = {w.name: w.shape for w in self.weights}
         found = {name: tuple(np.shape(a)) for name, a in arrays.items()}
         if found != expected:
-            raise DemoError(f"the checkpoint's model weights {found} do not match this model's {expected}")
+            differences = [f"{name} {found.get(name, 'missing')} where the model has {expected.get(name, 'none')}"
+                           for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
+            raise DemoError(f"the checkpoint's model weights do not fit the model: {'; '.join(differences)}")
         for w in self.weights:
             w.assign(arrays[w.name])

@@ -14,6 +14,19 @@ import json
 import math
 
 TIMING_KEYS = ("seconds", "train_seconds", "optimizer_seconds")
+EPOCH_KEYS = frozenset({
+    "epoch", "learning_rate", "steps", *TIMING_KEYS,
+    *(f"{split}_{score}{suffix}" for split in ("train", "test") for score in ("loss", "accuracy")
+      for suffix in ("", "_ema")),
+})
+
+
+def check_history(history) -> None:
+    """Raise ``ValueError`` unless ``history`` holds epochs 1, 2, ... with every key, as numbers."""
+    for number, epoch in enumerate(history, start=1):
+        if (not isinstance(epoch, dict) or set(epoch) != EPOCH_KEYS or epoch["epoch"] != number
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in epoch.values())):
+            raise ValueError(f"its record of epoch {number} is malformed: {epoch!r}")
 
 
 def timing(history) -> dict:

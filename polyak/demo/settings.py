@@ -46,9 +46,12 @@ class Settings:
     @classmethod
     def from_dict(cls, config: dict) -> Settings:
         """The inverse of ``to_dict``; unknown or missing keys raise ``DemoError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(config, dict) or set(config) != names:
-            raise DemoError(f"the settings must hold exactly the keys {sorted(names)}. Received: {config!r}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        if not isinstance(config, dict) or set(config) != set(fields):
+            raise DemoError(f"the settings must hold exactly the keys {sorted(fields)}. Received: {config!r}")
+        for name, value in config.items():
+            if not _same_kind(value, fields[name]):
+                raise DemoError(f"{name} must be like {fields[name]!r}. Received: {name}={value!r}")
         return cls(**{**config, "hidden": tuple(config["hidden"])})
 
     def with_options(self, **options) -> Settings:
@@ -65,3 +68,11 @@ class Settings:
                     "a resumed run keeps the settings it started with (drop the option, or start afresh "
                     "without --resume)"
                 )
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, tuple):
+        return isinstance(value, list) and all(_same_kind(v, 1) and v > 0 for v in value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default)) and not isinstance(value, bool)
