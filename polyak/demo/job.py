@@ -44,18 +44,7 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
     """
     _require_packages()
     out = Path(out)
-    checkpoint = None
-    if resume is not None:
-        path = out / CHECKPOINT if resume is True else Path(resume)
-        checkpoint = load_checkpoint(path)
-        try:
-            settings = Settings.from_dict(checkpoint.settings)
-            report.check_history(checkpoint.history)
-        except (DemoError, ValueError) as error:
-            raise DemoError(f"the checkpoint {str(path)!r} does not hold a demo run: {error}") from None
-        settings.check_options(**options)
-    else:
-        settings = Settings().with_options(**options)
+    settings, checkpoint = _settings(out, resume, options)
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise DemoError(f"--stop-after must be a positive number of epochs. Received: {stop_after!r}")
     init_seed, shuffle_seed = np.random.SeedSequence(settings.seed).spawn(2)
@@ -68,18 +57,16 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
         raise DemoError(f"the settings do not make an optimizer: {error}") from None
     opt.build(model.weights)
     rng = np.random.default_rng(shuffle_seed)
-    history = []
-    if checkpoint is not None:
-        history = _restore(checkpoint, settings, model, opt, rng)
+    history = [] if checkpoint is None else _restore(checkpoint, settings, model, opt, rng)
     _check_writable(out)
 
-    sizes = "-".join(str(s) for s in model.sizes)
-    title = (f"polyak demo: an MLP {sizes} on scikit-learn's digits\n"
+    title = (f"polyak demo: an MLP {'-'.join(map(str, model.sizes))} on scikit-learn's digits\n"
              f"SGD(momentum={settings.momentum}, nesterov=True), cosine decay with warmup, weight decay "
              f"(not on biases), global_clipnorm={settings.global_clipnorm}, EMA")
     echo(f"{title}\n{model.parameter_count:,} weights, {len(data.y_train):,} training and {len(data.y_test):,} "
          f"test images, {settings.epochs} epochs of {steps_per_epoch} steps, {settings.backend} backend"
          + (f"; resuming after epoch {len(history)}" if history else ""))
+    resume_command = "polyak demo --resume" + ("" if out == Path("polyak-demo") else f" --out {out}")
     last = settings.epochs if stop_after is None else min(settings.epochs, stop_after)
     epoch = len(history) + 1
     try:
@@ -88,15 +75,14 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
             save_checkpoint(out / CHECKPOINT, Checkpoint(
                 settings.to_dict(), history, rng.bit_generator.state, model.state(), _store(opt)))
     except KeyboardInterrupt:
-        done = epoch - 1
         print(f"interrupted in epoch {epoch}; " + (
-            f"{out / CHECKPOINT} holds epochs 1-{done}: `polyak demo --resume` continues" if done
+            f"{out / CHECKPOINT} holds epochs 1-{epoch - 1}: `{resume_command}` continues" if epoch > 1
             else "no epoch was completed, there is nothing to resume"), file=sys.stderr)
         raise
 
     content = report.metrics(
-        history, settings=settings.to_dict(), optimizer_config=opt.get_config(), complete=len(history) == settings.epochs,
-        model={"layers": model.sizes, "weights": model.parameter_count},
+        history, settings=settings.to_dict(), optimizer_config=opt.get_config(),
+        complete=len(history) == settings.epochs, model={"layers": model.sizes, "weights": model.parameter_count},
         data_sizes={"train": len(data.y_train), "test": len(data.y_test)},
     )
     report.write_metrics(out / METRICS, content)
@@ -105,8 +91,23 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
                                out_files=[out / FIGURE, out / METRICS, out / CHECKPOINT]):
         echo(line)
     if len(history) < settings.epochs:
-        echo(f"stopped after epoch {len(history)} of {settings.epochs}: `polyak demo --resume` continues the run")
+        echo(f"stopped after epoch {len(history)} of {settings.epochs}: `{resume_command}` continues the run")
     return content
+
+
+def _settings(out: Path, resume, options) -> tuple[Settings, Checkpoint | None]:
+    """A fresh run's settings (defaults changed by ``options``), or a checkpoint's and the checkpoint."""
+    if resume is None:
+        return Settings().with_options(**options), None
+    path = out / CHECKPOINT if resume is True else Path(resume)
+    checkpoint = load_checkpoint(path)
+    try:
+        settings = Settings.from_dict(checkpoint.settings)
+        report.check_history(checkpoint.history)
+    except (DemoError, ValueError) as error:
+        raise DemoError(f"the checkpoint {str(path)!r} does not hold a demo run: {error}") from None
+    settings.check_options(**options)
+    return settings, checkpoint
 
 
 def _require_packages():
