@@ -137,40 +137,43 @@ def test_resume_refuses_other_settings(straight_run):
     assert (straight_dir / "checkpoint.npz").read_bytes() == before
 
 
-def _corruptions(good: bytes):
-    def rewritten(**changes):
-        def write(path):
-            with np.load(path.with_name("good.npz")) as npz:
-                arrays = dict(npz)
-            arrays.update(changes)
-            np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-        return write
+def _rewritten(**changes):
+    """A corruption: the good checkpoint saved again with entries replaced (or removed, for None)."""
+    def corrupt(good: bytes, path):
+        path.with_name("good.npz").write_bytes(good)
+        with np.load(path.with_name("good.npz")) as npz:
+            arrays = {**npz, **changes}
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return corrupt
 
+
+def _flipped(good: bytes, path):
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF
-    return {
-        "truncated": lambda path: path.write_bytes(good[: len(good) // 2]),
-        "not a zip": lambda path: path.write_text("hello"),
-        "bit flip": lambda path: path.write_bytes(bytes(flipped)),
-        "missing entry": rewritten(rng_state=None),
-        "pickled object": rewritten(history=np.array([{"epoch": 1}], dtype=object)),
-        "bad json": rewritten(settings=np.array("{not json")),
-        "bad settings": rewritten(settings=np.array('{"epochs": 3}')),
-        "bad history": rewritten(history=np.array("[1, 2]")),
-        "bad generator": rewritten(rng_state=np.array('{"bit_generator": "MT19937"}')),
-        "wrong weight shape": rewritten(**{"model/dense_0_kernel": np.zeros((3, 3), np.float32)}),
-        "wrong optimizer shape": rewritten(**{"optimizer/2": np.zeros((3, 3), np.float32)}),
-        "missing optimizer variable": rewritten(**{"optimizer/2": None}),
-    }
+    path.write_bytes(bytes(flipped))
 
 
-@pytest.mark.parametrize("corruption", list(_corruptions(b"0" * 8)))
+CORRUPTIONS = {
+    "truncated": lambda good, path: path.write_bytes(good[: len(good) // 2]),
+    "not a zip": lambda good, path: path.write_text("hello"),
+    "bit flip": _flipped,
+    "missing entry": _rewritten(rng_state=None),
+    "pickled object": _rewritten(history=np.array([{"epoch": 1}], dtype=object)),
+    "bad json": _rewritten(settings=np.array("{not json")),
+    "bad settings": _rewritten(settings=np.array('{"epochs": 3}')),
+    "bad history": _rewritten(history=np.array("[1, 2]")),
+    "bad generator": _rewritten(rng_state=np.array('{"bit_generator": "MT19937"}')),
+    "wrong weight shape": _rewritten(**{"model/dense_0_kernel": np.zeros((3, 3), np.float32)}),
+    "wrong optimizer shape": _rewritten(**{"optimizer/2": np.zeros((3, 3), np.float32)}),
+    "missing optimizer variable": _rewritten(**{"optimizer/2": None}),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_a_corrupt_checkpoint_is_a_clear_error_that_changes_nothing(tmp_path, straight_run, corruption):
     straight_dir, _ = straight_run
-    good = (straight_dir / "checkpoint.npz").read_bytes()
-    (tmp_path / "good.npz").write_bytes(good)
     bad = tmp_path / "bad.npz"
-    _corruptions(good)[corruption](bad)
+    CORRUPTIONS[corruption]((straight_dir / "checkpoint.npz").read_bytes(), bad)
     corrupt = bad.read_bytes()
     out = tmp_path / "out"
     with pytest.raises(polyak.demo.DemoError) as error:

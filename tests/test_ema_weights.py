@@ -81,3 +81,18 @@ def test_unbuilt_and_wrong_length_are_errors():
         with opt.ema_weights([kernel]):
             pass
     np.testing.assert_array_equal(kernel.numpy(), raw)
+
+
+def test_a_bad_var_list_is_refused_before_any_swap():
+    opt, kernel, bias = _trained()
+    raw_kernel, raw_bias = kernel.numpy(), bias.copy()
+    with pytest.raises(ValueError, match=r"`var_list\[1\]` must have the shape \(2,\).*Received: shape \(1,\)"):
+        with opt.ema_weights([kernel, np.zeros(1, np.float32)]):
+            pass
+    read_only = bias.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        with opt.ema_weights([kernel, read_only]):
+            pass
+    np.testing.assert_array_equal(kernel.numpy(), raw_kernel)
+    np.testing.assert_array_equal(bias, raw_bias)

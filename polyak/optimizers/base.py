@@ -483,6 +483,14 @@ class Optimizer(StatePersistence):
                 "`apply` first."
             )
         var_list = self._checked_ema_targets(self._trainable_variables if var_list is None else var_list)
+        params_mod.check_parameters(var_list)
+        for i, (variable, average) in enumerate(zip(var_list, self._averages)):
+            shape = tuple(params_mod.value_of(variable).shape)
+            if average is not None and shape != average.shape:
+                raise ValueError(
+                    f"`var_list[{i}]` must have the shape {average.shape} of its average {average.path!r}. "
+                    f"Received: shape {shape}"
+                )
         xp = self._backend.xp
         raw = [xp.asarray(params_mod.value_of(v), copy=True) for v in var_list]
         try:
