@@ -456,8 +456,9 @@ class Optimizer(StatePersistence):
         """Inside the block the weights hold their moving averages; on leaving it,
         also by an exception, they hold their raw values again, bit for bit.
 
-        ``var_list`` defaults to the weights the optimizer was built on. Not in
-        Keras, which only has the one-way ``finalize_variable_values``.
+        ``var_list`` defaults to the weights the optimizer was built on. Before
+        the first update the averages are zeros, as in Keras. Not in Keras,
+        which only has the one-way ``finalize_variable_values``.
 
         Example::
 
