@@ -9,6 +9,7 @@ results back, so an ``apply`` that raises has changed nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from typing import NamedTuple
@@ -541,6 +542,12 @@ class Optimizer(StatePersistence):
         """With EMA, set the weights in ``var_list`` to their moving averages."""
         if not self.use_ema:
             return
+        var_list = self._checked_ema_targets(var_list)
+        for variable, average in zip(var_list, self._averages):
+            if average is not None:
+                params_mod.write(variable, average.value)
+
+    def _checked_ema_targets(self, var_list):
         var_list = list(var_list)
         if len(var_list) != len(self._averages):
             raise ValueError(
@@ -548,6 +555,56 @@ class Optimizer(StatePersistence):
                 f"model variables stored in the optimizer ({len(self._averages)}). Please check if the "
                 "optimizer was called on your model."
             )
-        for variable, average in zip(var_list, self._averages):
-            if average is not None:
-                params_mod.write(variable, average.value)
+        return var_list
+
+    @contextlib.contextmanager
+    def ema_weights(self, var_list=None):
+        """Inside the block the weights hold their moving averages; on leaving it,
+        also by an exception, they hold their raw values again, bit for bit.
+
+        ``var_list`` defaults to the weights the optimizer was built on. Before
+        the first update the averages are zeros, as in Keras. Not in Keras,
+        which only has the one-way ``finalize_variable_values``.
+
+        Example::
+
+            >>> import numpy as np, polyak
+            >>> w = np.array([1.0])
+            >>> opt = polyak.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)
+            >>> opt.apply([np.array([1.0])], [w])   # w = 0, average = 0 (a copy on the first update)
+            >>> opt.apply([np.array([1.0])], [w])   # w = -1, average = 0.5 * 0 + 0.5 * -1
+            >>> with opt.ema_weights():
+            ...     print(w)
+            [-0.5]
+            >>> w
+            array([-1.])
+        """
+        if not self.use_ema:
+            raise ValueError(
+                "`ema_weights()` needs an optimizer that keeps moving averages. "
+                f"Received: use_ema={self.use_ema}"
+            )
+        if not self.built:
+            raise ValueError(
+                "`ema_weights()` needs a built optimizer: call `optimizer.build(trainable_variables)` or "
+                "`apply` first."
+            )
+        var_list = self._checked_ema_targets(self._trainable_variables if var_list is None else var_list)
+        params_mod.check_parameters(var_list)
+        for i, (variable, average) in enumerate(zip(var_list, self._averages)):
+            shape = tuple(params_mod.value_of(variable).shape)
+            if average is not None and shape != average.shape:
+                raise ValueError(
+                    f"`var_list[{i}]` must have the shape {average.shape} of its average {average.path!r}. "
+                    f"Received: shape {shape}"
+                )
+        xp = self._backend.xp
+        raw = [xp.asarray(params_mod.value_of(v), copy=True) for v in var_list]
+        try:
+            for variable, average in zip(var_list, self._averages):
+                if average is not None:
+                    params_mod.write(variable, average.value)
+            yield
+        finally:
+            for variable, value in zip(var_list, raw):
+                params_mod.write(variable, value)
