@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from polyak.backends import numpy_codegen
 from polyak.core.fused import CLIP_GLOBAL, CLIP_NORM, FusedCall
 
 CHUNK = 1 << 15  #: elements per parallel work item
@@ -60,6 +61,7 @@ class FusedSGD:
                   for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
         self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
         self._chunk_sums = np.zeros(len(chunks), np.float64)
+        self.parallel = bool(self.sizes.sum() >= kernels.PARALLEL_FROM)
         self._no_denominators = np.ones(len(self.weights), self.dtype)
 
     def _pack(self, variables):
@@ -84,7 +86,7 @@ class FusedSGD:
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""
         s = self.dtype.type
-        kernels.sum_squares(self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes,
+        kernels.sum_squares[self.parallel](self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes,
                             self.offsets, self.accumulator, mode, s(loss_scale), s(accumulation_steps),
                             self._chunk_sums)
         return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
@@ -92,12 +94,16 @@ class FusedSGD:
     def run(self, grad_addresses, call: FusedCall, momentum, nesterov):
         """One fused step; every scalar is passed as a scalar of the weights' dtype."""
         s = self.dtype.type
-        kernels.sgd_step(
+        use_ema = self.average.size > 0
+        kernel = numpy_codegen.load_kernel(
+            self.parallel, call.mode, bool(call.loss_scale), call.clip, bool(self.decay.any()),
+            momentum != 0, bool(nesterov), use_ema, bool(call.ema_overwrite),
+        )
+        kernel(
             self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
             self.sizes, self.offsets, self.velocity, self.average, self.accumulator, self.decay,
             call.denominators if call.clip == CLIP_NORM else self._no_denominators,
-            call.mode, s(call.loss_scale), s(call.accumulation_steps), call.clip, s(call.clip_value),
+            s(call.loss_scale), s(call.accumulation_steps), s(call.clip_value),
             s(call.global_scale) if call.clip == CLIP_GLOBAL else s(1),
-            s(call.learning_rate), s(call.weight_decay), s(momentum), momentum != 0, bool(nesterov),
-            self.average.size > 0, s(call.ema_m), s(call.ema_1m), bool(call.ema_overwrite),
+            s(call.learning_rate), s(call.weight_decay), s(momentum), s(call.ema_m), s(call.ema_1m),
         )
