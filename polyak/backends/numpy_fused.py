@@ -45,8 +45,10 @@ def eligible_weights(values) -> bool:
 class FusedSGD:
     """A fused step bound to one list of weight arrays and the state Variables of each role."""
 
-    def __init__(self, weights, velocities, averages, accumulators, decay_mask):
+    def __init__(self, variables, weights, velocities, averages, accumulators, decay_mask):
         self.weights = list(weights)
+        #: the weights held by Variables (plain arrays never change storage)
+        self._held = [(v, w) for v, w in zip(variables, self.weights) if type(v) is not np.ndarray]
         self.dtype = self.weights[0].dtype
         self.shapes = [w.shape for w in self.weights]
         self.sizes = np.array([w.size for w in self.weights], np.int64)
@@ -73,15 +75,23 @@ class FusedSGD:
             variable._rebind(view)
         return flat
 
-    def still_bound(self, weights) -> bool:
-        return len(weights) == len(self.weights) and all(a is b for a, b in zip(weights, self.weights))
+    def still_bound(self) -> bool:
+        """Whether every Variable among the weights still holds the array the kernel writes."""
+        return all(v._value is w for v, w in self._held)
 
-    def accepts(self, grads) -> bool:
+    def gradient_addresses(self, grads):
+        """The gradients' addresses, or None unless every gradient is a C-contiguous array of
+        the weights' dtype and its weight's shape."""
+        try:
+            if [g.shape for g in grads] != self.shapes:
+                return None
+        except AttributeError:
+            return None
         dtype = self.dtype
-        return all(
-            type(g) is np.ndarray and g.dtype == dtype and g.shape == shape and g.flags.c_contiguous
-            for g, shape in zip(grads, self.shapes)
-        )
+        if not all(type(g) is np.ndarray and g.dtype is dtype for g in grads):
+            return None
+        found = kernels.addresses(grads)
+        return None if (found < 0).any() else found
 
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""

@@ -31,17 +31,18 @@ def _pointer_like(typingctx, address, like):
 
 @njit(cache=True)
 def _address(a):
-    return a.ctypes.data
+    return a.ctypes.data if a.flags.c_contiguous else -1
 
 
 @njit(cache=True)
 def _addresses8(a, b, c, d, e, f, g, h):
-    return (a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data,
-            e.ctypes.data, f.ctypes.data, g.ctypes.data, h.ctypes.data)
+    return (_address(a), _address(b), _address(c), _address(d),
+            _address(e), _address(f), _address(g), _address(h))
 
 
 def addresses(arrays):
-    """Data addresses of C-contiguous arrays, read eight at a time inside numba."""
+    """Data addresses of arrays, read eight at a time inside numba; -1 for an array
+    that is not C-contiguous."""
     out = np.empty(len(arrays), np.int64)
     n8 = len(arrays) - len(arrays) % 8
     for i in range(0, n8, 8):

@@ -35,6 +35,8 @@ class PerWeight(NamedTuple):
     overwrite: tuple
     decay_mask: tuple
     constraints: tuple
+    #: whether any weight has a constraint or overwrite_with_gradient
+    special: bool
 
 
 class Optimizer(StatePersistence):
@@ -324,10 +326,13 @@ class Optimizer(StatePersistence):
         version, cached = self._per_weight_cache
         if cached is None or version != Variable._settings_version:
             built = self._trainable_variables
+            overwrite = tuple(getattr(v, "overwrite_with_gradient", False) for v in built)
+            constraints = tuple(getattr(v, "constraint", None) for v in built)
             cached = PerWeight(
-                overwrite=tuple(getattr(v, "overwrite_with_gradient", False) for v in built),
+                overwrite=overwrite,
                 decay_mask=tuple(self._use_weight_decay(v) for v in built),
-                constraints=tuple(getattr(v, "constraint", None) for v in built),
+                constraints=constraints,
+                special=any(overwrite) or any(c is not None for c in constraints),
             )
             self._per_weight_cache = (Variable._settings_version, cached)
         return cached
