@@ -40,6 +40,29 @@ def kernel(chunk_tensor, chunk_start, chunk_stop, param_addr, grad_addr, sizes, 
 '''
 
 
+_SUM_SQUARES = '''
+
+@njit(parallel={parallel}, cache=True)
+def kernel(chunk_tensor, chunk_start, chunk_stop, grad_addr, sizes, offsets, acc, loss_scale, n_acc, out):
+    for c in prange(chunk_tensor.size):
+        t = chunk_tensor[c]
+        g = carray(_pointer_like(grad_addr[t], acc), sizes[t])
+        off = offsets[t]
+        total = 0.0
+        for i in range(chunk_start[c], chunk_stop[c]):
+            x = g[i]
+{scale}{mean}            total += x * x
+        out[c] = total
+'''
+
+
+def sum_squares_source(parallel, mode, scaled):
+    """Per chunk, the sum of squares (in float64) of the gradient the update will use."""
+    scale = "            x = x / loss_scale\n" if scaled else ""
+    mean = "            x = (x + acc[off + i]) / n_acc\n" if mode == FROM_ACCUMULATED else ""
+    return _HEADER + _SUM_SQUARES.format(parallel=parallel, scale=scale, mean=mean)
+
+
 def _body(mode, scaled, clip, decays, use_momentum, nesterov, use_ema, overwrite):
     """The statements for one element ``i`` (state index ``j = off + i``)."""
     lines = ["x = g[i]"]
@@ -102,12 +125,23 @@ _loaded = {}
 
 
 def load_kernel(*flags):
-    """The compiled kernel for ``flags`` (see ``kernel_source``), written and imported once."""
-    if flags in _loaded:
-        return _loaded[flags]
-    source = kernel_source(*flags)
+    """The compiled update kernel for ``flags`` (see ``kernel_source``)."""
+    return _load(kernel_source, flags)
+
+
+def load_sum_squares(*flags):
+    """The compiled norm kernel for ``flags`` (see ``sum_squares_source``)."""
+    return _load(sum_squares_source, flags)
+
+
+def _load(write_source, flags):
+    """Write the kernel's source into the cache folder once, import it, and keep it."""
+    key = (write_source.__name__, flags)
+    if key in _loaded:
+        return _loaded[key]
+    source = write_source(*flags)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"polyak_sgd_kernel_{digest}"
+    name = f"polyak_kernel_{digest}"
     path = _cache_dir() / f"{name}.py"
     if not path.exists() or path.read_text() != source:
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
@@ -117,5 +151,5 @@ def load_kernel(*flags):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    _loaded[flags] = module.kernel
+    _loaded[key] = module.kernel
     return module.kernel

@@ -96,9 +96,9 @@ class FusedSGD:
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""
         s = self.dtype.type
-        kernels.sum_squares[self.parallel](self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes,
-                            self.offsets, self.accumulator, mode, s(loss_scale), s(accumulation_steps),
-                            self._chunk_sums)
+        kernel = numpy_codegen.load_sum_squares(self.parallel, mode, bool(loss_scale))
+        kernel(self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes, self.offsets,
+               self.accumulator, s(loss_scale), s(accumulation_steps), self._chunk_sums)
         return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
 
     def run(self, grad_addresses, call: FusedCall, momentum, nesterov):

@@ -12,10 +12,8 @@ the reference step's; only norms (for clipping) are summed in another order.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
-
-from polyak.core.fused import FROM_ACCUMULATED
 
 
 @intrinsic
@@ -52,25 +50,6 @@ def addresses(arrays):
     return out
 
 
-def _sum_squares(chunk_tensor, chunk_start, chunk_stop, grad_addr, sizes, offsets, acc, mode, loss_scale,
-                n_acc, out):
-    """``out[c]``: the sum of squares over chunk ``c`` of the gradient the update will use."""
-    for c in prange(chunk_tensor.size):
-        t = chunk_tensor[c]
-        g = carray(_pointer_like(grad_addr[t], acc), sizes[t])
-        off = offsets[t]
-        total = 0.0
-        for i in range(chunk_start[c], chunk_stop[c]):
-            x = g[i]
-            if loss_scale != 0:
-                x = x / loss_scale
-            if mode == FROM_ACCUMULATED:
-                x = (x + acc[off + i]) / n_acc
-            total += x * x
-        out[c] = total
-
-
 #: Threads pay off once a step touches enough memory; below that a serial loop wins.
 PARALLEL_FROM = 1 << 18  # elements
 
-sum_squares = {True: njit(parallel=True, cache=True)(_sum_squares), False: njit(cache=True)(_sum_squares)}
