@@ -26,7 +26,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: polyak" in out and "demo" in out and "bench" not in out
+    assert "usage: polyak" in out and "demo" in out and "bench" in out
 
 
 def test_demo_help_explains_itself(capsys):
@@ -46,11 +46,28 @@ def test_a_command_is_required(capsys):
     assert "required" in capsys.readouterr().err
 
 
-def test_bench_is_absent_until_its_harness_exists(capsys):
+def test_bench_help_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as done:
-        main(["bench"])
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for words in ("--workloads", "--contenders", "--repeats", "--json", "torch fused", "floor"):
+        assert words in out
+    assert main(["bench", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--workloads", "W9"])
     assert done.value.code == 2
-    assert "invalid choice: 'bench'" in capsys.readouterr().err
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--workloads", "W2", "--contenders", "polyak numpy", "--repeats", "1", "--warmup", "0",
+                 "--json", str(report)]) == 0
+    import json
+
+    result = json.loads(report.read_text())["workloads"][0]
+    assert result["workload"] == "W2" and result["results"]["polyak numpy"]["ms"] > 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,9 +11,9 @@ import os
 import sys
 
 import polyak
-from polyak.cli import demo
+from polyak.cli import bench, demo
 
-_COMMANDS = (demo,)
+_COMMANDS = (demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
