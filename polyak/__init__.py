@@ -2,8 +2,10 @@
 
 from polyak import optimizers, schedules
 from polyak.optimizers import SGD, LossScaleOptimizer, Optimizer
+from polyak.saving import load, save
 from polyak.serialization import register
 from polyak.variable import Variable
 
 __version__ = "0.1.0"
-__all__ = ["Optimizer", "SGD", "LossScaleOptimizer", "Variable", "optimizers", "schedules", "register", "__version__"]
+__all__ = ["Optimizer", "SGD", "LossScaleOptimizer", "Variable", "optimizers", "schedules", "register", "save", "load",
+           "__version__"]

@@ -57,33 +57,67 @@ def serialize(obj) -> dict[str, Any]:
     }
 
 
+def _base_class(kind: str) -> type:
+    """The class every ``kind`` object derives from (imported here: it imports this module)."""
+    if kind == "optimizer":
+        from polyak.optimizers.base import Optimizer
+
+        return Optimizer
+    if kind == "schedule":
+        from polyak.schedules.learning_rate_schedule import LearningRateSchedule
+
+        return LearningRateSchedule
+    raise ValueError(f"Unknown kind of serialized object: {kind!r}")
+
+
 def resolve(kind: str, config: dict, custom_objects: dict | None = None) -> type:
-    """The class a serialized dict names: registered, custom, or built-in; never imported."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"A serialized {kind} must be a dict with a 'class_name'. Received: {config!r}")
+    """The class a serialized dict names: registered, custom, or built-in; never imported.
+
+    ``module`` is ignored: a name is only ever looked up in ``custom_objects``,
+    the registry and polyak's built-ins, and what is found must be a class of
+    the right kind (an ``Optimizer`` or a ``LearningRateSchedule`` subclass).
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise ValueError(f"A serialized {kind} must be a dict with a string 'class_name'. Received: {config!r}")
     class_name = config["class_name"]
     registered = config.get("registered_name")
+    if registered is not None and not isinstance(registered, str):
+        raise ValueError(f"'registered_name' of a serialized {kind} must be a string or None. "
+                         f"Received: registered_name={registered!r}")
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(f"`custom_objects` must be a dict or None. Received: custom_objects={custom_objects!r}")
     custom_objects = custom_objects or {}
+    found = None
     for key in (registered, class_name):
         if key in custom_objects:
-            return custom_objects[key]
-        if key in _REGISTERED:
-            return _REGISTERED[key]
-    builtins = _BUILTINS.get(kind, {})
-    by_lower = {name.lower(): cls for name, cls in builtins.items()}
-    if isinstance(class_name, str) and class_name.lower() in by_lower:
-        return by_lower[class_name.lower()]
-    raise ValueError(
-        f"Unknown {kind} '{class_name}'. Known: {sorted(builtins)} plus classes registered "
-        f"with polyak.register ({sorted(_REGISTERED)}) or passed in custom_objects."
-    )
+            found = custom_objects[key]
+        elif key in _REGISTERED:
+            found = _REGISTERED[key]
+        if found is not None:
+            break
+    if found is None:
+        by_lower = {name.lower(): cls for name, cls in _BUILTINS.get(kind, {}).items()}
+        found = by_lower.get(class_name.lower())
+    if found is None:
+        raise ValueError(
+            f"Unknown {kind} '{class_name}'. Known: {sorted(_BUILTINS.get(kind, {}))} plus classes registered "
+            f"with polyak.register ({sorted(_REGISTERED)}) or passed in custom_objects."
+        )
+    base = _base_class(kind)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(
+            f"'{class_name}' resolves to {found!r}, which is not a subclass of {base.__name__}; a serialized "
+            f"{kind} only builds {base.__name__} classes."
+        )
+    return found
 
 
 def deserialize(kind: str, config: dict, custom_objects: dict | None = None):
+    """Instantiate a serialized ``kind`` from its class's ``from_config``; nothing else is called."""
     cls = resolve(kind, config, custom_objects)
     inner = config.get("config", {})
-    if not isinstance(inner, dict):
-        raise ValueError(f"The 'config' of a serialized {kind} must be a dict. Received: {inner!r}")
+    if not isinstance(inner, dict) or not all(isinstance(key, str) for key in inner):
+        raise ValueError(f"The 'config' of a serialized {kind} must be a dict with string keys. Received: {inner!r}")
     if kind == "optimizer":
         return cls.from_config(dict(inner), custom_objects=custom_objects)
     return cls.from_config(dict(inner))

@@ -29,7 +29,10 @@ def real(name, value, *, low=None, high=None, low_open=False, optional=False):
         return None
     if not is_real(value):
         fail(name, value, "a real number" + (" or None" if optional else ""), TypeError)
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range
+        fail(name, value, "finite")
     if not math.isfinite(value):
         fail(name, value, "finite")
     if low is not None and (value < low or (low_open and value == low)):
@@ -39,8 +42,12 @@ def real(name, value, *, low=None, high=None, low_open=False, optional=False):
     return value
 
 
-def integer(name, value, *, low=None, optional=False):
-    """Return ``value`` as a Python int after checking it is an integer >= ``low``."""
+INT64_MAX = 2**63 - 1
+
+
+def integer(name, value, *, low=None, high=INT64_MAX, optional=False):
+    """Return ``value`` as a Python int after checking it is an integer in ``[low, high]``
+    (by default at most int64's largest, as the step arithmetic is int64)."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -48,6 +55,8 @@ def integer(name, value, *, low=None, optional=False):
     value = int(value)
     if low is not None and value < low:
         fail(name, value, f"an integer >= {low}")
+    if high is not None and value > high:
+        fail(name, value, f"an integer <= {high}")
     return value
 
 

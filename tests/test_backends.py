@@ -463,3 +463,25 @@ def test_jax_bad_input_is_refused():
         warnings.simplefilter("error")
         opt.stateless_apply(values, [np.ones(2, np.float32)], [jnp.zeros(2)])  # a NumPy gradient converts
     assert int(opt.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize("target", ["torch", "jax"])
+def test_checkpoint_file_saved_on_numpy_loads_on_torch_and_jax_and_back(tmp_path, target):
+    make = {"numpy": lambda n: np.zeros(n, np.float32), "torch": torch.zeros, "jax": jnp.zeros}
+
+    def weights(kind):
+        return [polyak.Variable(make[kind](3), name="kernel"), polyak.Variable(make[kind](2), name="bias")]
+
+    source = weights("numpy")
+    opt = polyak.SGD(momentum=0.9, use_ema=True, gradient_accumulation_steps=2)
+    for _ in range(3):
+        opt.apply([np.ones(3, np.float32), np.ones(2, np.float32)], source)
+    polyak.save(tmp_path / "a.ckpt", opt, source)
+    moved = weights(target)
+    loaded = polyak.load(tmp_path / "a.ckpt", variables=moved)
+    assert loaded._backend.name == target and int(loaded._iterations.numpy()) == 3
+    polyak.save(tmp_path / "b.ckpt", loaded, moved)
+    back = weights("numpy")
+    again = polyak.load(tmp_path / "b.ckpt", variables=back)
+    for a, b in zip(source + opt.variables, back + again.variables):
+        np.testing.assert_array_equal(b.numpy(), a.numpy())

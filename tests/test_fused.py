@@ -30,7 +30,7 @@ def _run(options, dtype, fused, steps=7, chunked=False):
                      **options)
     opt.build(weights)
     if not fused:
-        opt._fused = False
+        opt.fused = False
     for _ in range(steps):
         opt.apply([rng.normal(size=s).astype(dtype) for s in shapes], weights)
     assert (opt._fused not in (None, False)) == fused
@@ -74,7 +74,7 @@ def test_ineligible_calls_fall_back_and_agree(case):
         opt = polyak.SGD(momentum=0.9, use_ema=True)
         opt.build([a, b])
         if not fused:
-            opt._fused = False
+            opt.fused = False
         for step in range(4):
             ga, gb = rng.normal(size=(4, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
             if step == 2:

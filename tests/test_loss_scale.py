@@ -118,3 +118,26 @@ def test_bad_arguments(factory, error, text):
     with pytest.raises(error) as info:
         factory()
     assert text in str(info.value)
+
+
+def test_checkpoint_resume_keeps_the_scale(tmp_path):
+    shapes = [(3, 2), (2,)]
+    stream = list(_stream(9, 16, shapes, np.float32))
+
+    def fresh():
+        return [np.full(s, 0.5, np.float32) for s in shapes], optimizers.LossScaleOptimizer(
+            polyak.SGD(momentum=0.9, use_ema=True, master_weights=True), initial_scale=32.0, dynamic_growth_steps=2)
+
+    weights, opt = fresh()
+    for grads in stream:
+        opt.apply(grads, weights)
+    half, first = fresh()
+    for grads in stream[:8]:
+        first.apply(grads, half)
+    polyak.save(tmp_path / "run.safetensors", first, half)
+    resumed = [np.zeros(s, np.float32) for s in shapes]
+    second = polyak.load(tmp_path / "run.safetensors", variables=resumed)
+    for grads in stream[8:]:
+        second.apply(grads, resumed)
+    for a, b in zip(resumed + [v.numpy() for v in second.variables], weights + [v.numpy() for v in opt.variables]):
+        np.testing.assert_array_equal(a, b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from polyak.backends import numpy_codegen
 from polyak.core.fused import CLIP_GLOBAL, CLIP_NORM, FusedCall
 
 CHUNK = 1 << 15  #: elements per parallel work item
@@ -44,8 +45,10 @@ def eligible_weights(values) -> bool:
 class FusedSGD:
     """A fused step bound to one list of weight arrays and the state Variables of each role."""
 
-    def __init__(self, weights, velocities, averages, accumulators, decay_mask):
+    def __init__(self, variables, weights, velocities, averages, accumulators, decay_mask):
         self.weights = list(weights)
+        #: the weights held by Variables (plain arrays never change storage)
+        self._held = [(v, w) for v, w in zip(variables, self.weights) if type(v) is not np.ndarray]
         self.dtype = self.weights[0].dtype
         self.shapes = [w.shape for w in self.weights]
         self.sizes = np.array([w.size for w in self.weights], np.int64)
@@ -60,6 +63,7 @@ class FusedSGD:
                   for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
         self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
         self._chunk_sums = np.zeros(len(chunks), np.float64)
+        self.parallel = bool(self.sizes.sum() >= kernels.PARALLEL_FROM)
         self._no_denominators = np.ones(len(self.weights), self.dtype)
 
     def _pack(self, variables):
@@ -71,33 +75,45 @@ class FusedSGD:
             variable._rebind(view)
         return flat
 
-    def still_bound(self, weights) -> bool:
-        return len(weights) == len(self.weights) and all(a is b for a, b in zip(weights, self.weights))
+    def still_bound(self) -> bool:
+        """Whether every Variable among the weights still holds the array the kernel writes."""
+        return all(v._value is w for v, w in self._held)
 
-    def accepts(self, grads) -> bool:
+    def gradient_addresses(self, grads):
+        """The gradients' addresses, or None unless every gradient is a C-contiguous array of
+        the weights' dtype and its weight's shape."""
+        try:
+            if [g.shape for g in grads] != self.shapes:
+                return None
+        except AttributeError:
+            return None
         dtype = self.dtype
-        return all(
-            type(g) is np.ndarray and g.dtype == dtype and g.shape == shape and g.flags.c_contiguous
-            for g, shape in zip(grads, self.shapes)
-        )
+        if not all(type(g) is np.ndarray and g.dtype is dtype for g in grads):
+            return None
+        found = kernels.addresses(grads)
+        return None if (found < 0).any() else found
 
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""
         s = self.dtype.type
-        kernels.sum_squares(self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes,
-                            self.offsets, self.accumulator, mode, s(loss_scale), s(accumulation_steps),
-                            self._chunk_sums)
+        kernel = numpy_codegen.load_sum_squares(self.parallel, mode, bool(loss_scale))
+        kernel(self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes, self.offsets,
+               self.accumulator, s(loss_scale), s(accumulation_steps), self._chunk_sums)
         return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
 
     def run(self, grad_addresses, call: FusedCall, momentum, nesterov):
         """One fused step; every scalar is passed as a scalar of the weights' dtype."""
         s = self.dtype.type
-        kernels.sgd_step(
+        use_ema = self.average.size > 0
+        kernel = numpy_codegen.load_kernel(
+            self.parallel, call.mode, bool(call.loss_scale), call.clip, bool(self.decay.any()),
+            momentum != 0, bool(nesterov), use_ema, bool(call.ema_overwrite),
+        )
+        kernel(
             self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
             self.sizes, self.offsets, self.velocity, self.average, self.accumulator, self.decay,
             call.denominators if call.clip == CLIP_NORM else self._no_denominators,
-            call.mode, s(call.loss_scale), s(call.accumulation_steps), call.clip, s(call.clip_value),
+            s(call.loss_scale), s(call.accumulation_steps), s(call.clip_value),
             s(call.global_scale) if call.clip == CLIP_GLOBAL else s(1),
-            s(call.learning_rate), s(call.weight_decay), s(momentum), momentum != 0, bool(nesterov),
-            self.average.size > 0, s(call.ema_m), s(call.ema_1m), bool(call.ema_overwrite),
+            s(call.learning_rate), s(call.weight_decay), s(momentum), s(call.ema_m), s(call.ema_1m),
         )

@@ -1,27 +1,19 @@
-"""Fused multi-tensor SGD kernels for NumPy, compiled with numba.
+"""Numba building blocks of the fused NumPy step: addresses, pointers, norms.
 
-One call updates every weight: the kernel walks a list of chunks (tensor,
-start, stop) in parallel, reading each weight and gradient through its address
-and the optimizer state from flat buffers, and writes weight, velocity, EMA and
-accumulator in the same pass. Per element it performs exactly the arithmetic
-of ``polyak.core`` (same operations, same order, same dtype), so its results
-equal the reference step's; only a norm (clipping) is summed in another order.
-
-Modes of a call (``mode``):
-    0  update with this gradient
-    1  accumulate only: ``acc <- g + acc``; the weight is unchanged
-    2  update with the accumulated mean ``(g + acc) / n``, then ``acc <- 0``
-Clipping (``clip``): 0 none, 1 per-tensor norm (``g * c / denom[t]``),
-2 by value, 3 global norm (``g * scale``).
+A fused step walks a list of chunks (tensor, start, stop) in parallel
+(serially for small models, where waking threads costs more than it saves),
+reaching each weight and gradient through its address and the optimizer state
+through flat buffers. The update kernel itself is generated per configuration
+(``numpy_codegen``); per element it performs exactly the arithmetic of
+``polyak.core`` (same operations, same order, same dtype), so its results equal
+the reference step's; only norms (for clipping) are summed in another order.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
-
-from polyak.core.fused import ACCUMULATE, CLIP_GLOBAL, CLIP_NORM, CLIP_VALUE, FROM_ACCUMULATED
 
 
 @intrinsic
@@ -37,17 +29,18 @@ def _pointer_like(typingctx, address, like):
 
 @njit(cache=True)
 def _address(a):
-    return a.ctypes.data
+    return a.ctypes.data if a.flags.c_contiguous else -1
 
 
 @njit(cache=True)
 def _addresses8(a, b, c, d, e, f, g, h):
-    return (a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data,
-            e.ctypes.data, f.ctypes.data, g.ctypes.data, h.ctypes.data)
+    return (_address(a), _address(b), _address(c), _address(d),
+            _address(e), _address(f), _address(g), _address(h))
 
 
 def addresses(arrays):
-    """Data addresses of C-contiguous arrays, read eight at a time inside numba."""
+    """Data addresses of arrays, read eight at a time inside numba; -1 for an array
+    that is not C-contiguous."""
     out = np.empty(len(arrays), np.int64)
     n8 = len(arrays) - len(arrays) % 8
     for i in range(0, n8, 8):
@@ -57,72 +50,6 @@ def addresses(arrays):
     return out
 
 
-@njit(parallel=True, cache=True)
-def sum_squares(chunk_tensor, chunk_start, chunk_stop, grad_addr, sizes, offsets, acc, mode, loss_scale,
-                n_acc, out):
-    """``out[c]``: the sum of squares over chunk ``c`` of the gradient the update will use."""
-    for c in prange(chunk_tensor.size):
-        t = chunk_tensor[c]
-        g = carray(_pointer_like(grad_addr[t], acc), sizes[t])
-        off = offsets[t]
-        total = 0.0
-        for i in range(chunk_start[c], chunk_stop[c]):
-            x = g[i]
-            if loss_scale != 0:
-                x = x / loss_scale
-            if mode == FROM_ACCUMULATED:
-                x = (x + acc[off + i]) / n_acc
-            total += x * x
-        out[c] = total
+#: Threads pay off once a step touches enough memory; below that a serial loop wins.
+PARALLEL_FROM = 1 << 18  # elements
 
-
-@njit(parallel=True, cache=True)
-def sgd_step(chunk_tensor, chunk_start, chunk_stop, param_addr, grad_addr, sizes, offsets,
-             velocity, average, acc, decay, denominators,
-             mode, loss_scale, n_acc, clip, clip_value, global_scale,
-             lr, weight_decay, momentum, use_momentum, nesterov,
-             use_ema, ema_m, ema_1m, ema_overwrite):
-    for c in prange(chunk_tensor.size):
-        t = chunk_tensor[c]
-        w = carray(_pointer_like(param_addr[t], velocity), sizes[t])
-        g = carray(_pointer_like(grad_addr[t], velocity), sizes[t])
-        off = offsets[t]
-        decays = decay[t]
-        for i in range(chunk_start[c], chunk_stop[c]):
-            j = off + i
-            x = g[i]
-            if loss_scale != 0:
-                x = x / loss_scale
-            wv = w[i]
-            if mode == ACCUMULATE:
-                acc[j] = x + acc[j]
-            else:
-                if mode == FROM_ACCUMULATED:
-                    x = (x + acc[j]) / n_acc
-                    acc[j] = 0
-                if clip == CLIP_NORM:
-                    x = (x * clip_value) / denominators[t]
-                elif clip == CLIP_VALUE:
-                    if x < -clip_value:
-                        x = -clip_value
-                    elif x > clip_value:
-                        x = clip_value
-                elif clip == CLIP_GLOBAL:
-                    x = x * global_scale
-                if decays:
-                    wv = wv - wv * weight_decay * lr
-                if use_momentum:
-                    v = velocity[j] * momentum - x * lr
-                    velocity[j] = v
-                    if nesterov:
-                        wv = wv + (v * momentum - x * lr)
-                    else:
-                        wv = wv + v
-                else:
-                    wv = wv - x * lr
-            if use_ema:
-                a = ema_m * average[j] + ema_1m * wv
-                average[j] = a
-                if ema_overwrite:
-                    wv = a
-            w[i] = wv

@@ -101,7 +101,7 @@ class TorchBackend(Backend):
 
     def write(self, target, value):
         with torch.no_grad():
-            target.copy_(value)
+            target.copy_(value if isinstance(value, torch.Tensor) else self.asarray(value))
 
 
 _BACKENDS: dict = {}

@@ -16,6 +16,7 @@ class OptimizerState(NamedTuple):
     accumulators: tuple  #: summed gradients, or empty without accumulation
     slots: tuple  #: the update rule's per-weight tensors, one tuple per slot kind
     masters: tuple = ()  #: float32 master copy of each 16-bit weight (None for others), or empty
+    skipped: Any = None  #: steps skipped for non-finite gradients, int64; None unless ``skip_nonfinite``
 
 
 #: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists.
@@ -41,3 +42,4 @@ class StepPlan:
     ema_overwrite_frequency: Optional[int] = None
     loss_scale_factor: Optional[float] = None
     accumulation_steps: Optional[int] = None
+    skip_nonfinite: bool = False  #: a step with any inf/NaN gradient changes nothing but ``skipped``

@@ -20,13 +20,18 @@ With master weights, a 16-bit weight that has a float32 master copy is stepped
 through its master: steps 2-9 update the master in float32, and the weight
 becomes the master rounded to its dtype.
 
+With ``skip_nonfinite`` (not a Keras option) the whole step is guarded: when
+any element of any gradient is inf or NaN, weights and state come back
+unchanged, iteration count included, and only the ``skipped`` counter goes up
+by one. The predicate is an array and the choice goes through ``bk.cond``.
+
 Nothing is mutated: new arrays are returned, and branches that depend on the
 iteration go through ``bk.cond`` so the step traces under ``jax.jit``.
 """
 
 from __future__ import annotations
 
-from polyak.core import clipping, decay, ema
+from polyak.core import clipping, decay, ema, nonfinite
 from polyak.core.state import OptimizerState, StepPlan
 
 
@@ -54,6 +59,21 @@ def _descend(plan, bk, grads, params, slots, learning_rate, decay_mask):
 
 def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
     """Return ``(new_params, new_state)``. ``grads`` aligns with ``params``; ``None`` skips."""
+    if not plan.skip_nonfinite:
+        return _keras_step(plan, bk, params, state, grads)
+
+    def step():
+        return _keras_step(plan, bk, params, state, grads)
+
+    def skip():
+        return list(params), state._replace(skipped=state.skipped + 1)
+
+    finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])
+    return bk.cond(finite, step, skip)
+
+
+def _keras_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
+    """Steps 1-9, with Keras's handling of non-finite gradients (they propagate)."""
     originals = list(params)
     params = [p if m is None else m for p, m in zip(originals, state.masters)] + originals[len(state.masters):]
     accumulators = list(state.accumulators)
@@ -127,6 +147,7 @@ def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
         accumulators=tuple(accumulators),
         slots=tuple(tuple(slot) for slot in slots),
         masters=masters,
+        skipped=state.skipped,
     )
     return params, new_state
 

@@ -9,6 +9,7 @@ results back, so an ``apply`` that raises has changed nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from typing import NamedTuple
@@ -36,6 +37,8 @@ class PerWeight(NamedTuple):
     overwrite: tuple
     decay_mask: tuple
     constraints: tuple
+    #: whether any weight has a constraint or overwrite_with_gradient
+    special: bool
 
 
 class Optimizer(StatePersistence):
@@ -66,11 +69,18 @@ class Optimizer(StatePersistence):
             updates smaller than the weight's precision still accumulate. No
             effect on float32/float64 weights. The master copies are optimizer
             variables named ``{path}_master``, after the others.
+        skip_nonfinite: not a Keras option, off by default (Keras lets an
+            inf/NaN gradient poison the weights and every slot). When True, a
+            step whose gradients hold any inf or NaN changes nothing, iteration
+            count included, except ``skipped_steps``, which goes up by one. The
+            counter is an int64 optimizer variable placed after all of Keras's
+            variables, so their order and positions stay Keras's.
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, master_weights=False, **kwargs):
+                 gradient_accumulation_steps=None, name=None, *, master_weights=False, skip_nonfinite=False,
+                 **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -94,12 +104,14 @@ class Optimizer(StatePersistence):
         self.gradient_accumulation_steps = validation.integer(
             "gradient_accumulation_steps", gradient_accumulation_steps, low=2, optional=True
         )
+        self.skip_nonfinite = validation.boolean("skip_nonfinite", skip_nonfinite)
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
         self.master_weights = validation.boolean("master_weights", master_weights)
         learning_rate = self._check_learning_rate(learning_rate)
 
         self.built = False
         self._variables = []
+        self._polyak_only = 0  # how many variables at the end of ``_variables`` Keras does not have
         self._trainable_variables = []
         self._trainable_variables_indices = {}
         self._averages = []
@@ -112,6 +124,9 @@ class Optimizer(StatePersistence):
         self._exclude_ids = frozenset()
         self._exclude_pattern = None
         self._fused = None
+        #: Run the backend's fused kernel when the step allows it (same numbers; norms may
+        #: differ in the last bit). Set False to always run the reference step.
+        self.fused = True
         self._per_weight_cache = (None, None)
         self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
@@ -120,6 +135,11 @@ class Optimizer(StatePersistence):
         else:
             self._learning_rate = self._track(Variable(learning_rate, dtype="float32", name="learning_rate",
                                                        trainable=False, _scope=self.name))
+        self._skipped_steps = None
+        if self.skip_nonfinite:
+            self._skipped_steps = self._track(Variable(0, dtype="int64", name="skipped_steps", trainable=False,
+                                                       _scope=self.name))
+            self._polyak_only = 1
 
     # --- learning rate and counters ------------------------------------------
     @staticmethod
@@ -139,6 +159,12 @@ class Optimizer(StatePersistence):
         if self.gradient_accumulation_steps:
             return self._iterations.value // self.gradient_accumulation_steps
         return self._iterations
+
+    @property
+    def skipped_steps(self):
+        """With ``skip_nonfinite``: the int64 variable counting steps skipped for an
+        inf/NaN gradient (calls, not updates, under accumulation). Otherwise None."""
+        return self._skipped_steps
 
     @property
     def learning_rate(self):
@@ -170,13 +196,15 @@ class Optimizer(StatePersistence):
     @property
     def variables(self):
         """Optimizer variables in Keras's order: iteration, learning_rate (when a
-        float), EMA averages, gradient accumulators, then the rule's slots."""
+        float), EMA averages, gradient accumulators, then the rule's slots; with
+        ``skip_nonfinite``, ``skipped_steps`` comes last."""
         return self._variables[:]
 
     # --- building --------------------------------------------------------------
     def _track(self, variable):
+        """Append ``variable`` to Keras's variables, ahead of polyak's own, on the optimizer's backend."""
         variable._move_to(self._backend)
-        self._variables.append(variable)
+        self._variables.insert(len(self._variables) - self._polyak_only, variable)
         return variable
 
     def build(self, variables):
@@ -318,10 +346,13 @@ class Optimizer(StatePersistence):
         version, cached = self._per_weight_cache
         if cached is None or version != Variable._settings_version:
             built = self._trainable_variables
+            overwrite = tuple(getattr(v, "overwrite_with_gradient", False) for v in built)
+            constraints = tuple(getattr(v, "constraint", None) for v in built)
             cached = PerWeight(
-                overwrite=tuple(getattr(v, "overwrite_with_gradient", False) for v in built),
+                overwrite=overwrite,
                 decay_mask=tuple(self._use_weight_decay(v) for v in built),
-                constraints=tuple(getattr(v, "constraint", None) for v in built),
+                constraints=constraints,
+                special=any(overwrite) or any(c is not None for c in constraints),
             )
             self._per_weight_cache = (Variable._settings_version, cached)
         return cached
@@ -343,6 +374,7 @@ class Optimizer(StatePersistence):
             ema_overwrite_frequency=self.ema_overwrite_frequency,
             loss_scale_factor=self.loss_scale_factor,
             accumulation_steps=self.gradient_accumulation_steps,
+            skip_nonfinite=self.skip_nonfinite,
         )
 
     def _state_from(self, values) -> OptimizerState:
@@ -359,6 +391,7 @@ class Optimizer(StatePersistence):
             accumulators=pick(self._accumulators),
             slots=tuple(pick(slot) for slot in self._slot_variables()),
             masters=pick(self._masters),
+            skipped=None if self._skipped_steps is None else values[position[id(self._skipped_steps)]],
         )
 
     def _values_from(self, state: OptimizerState, values) -> list:
@@ -371,6 +404,8 @@ class Optimizer(StatePersistence):
                     values[position[id(v)]] = x
 
         put([self._iterations], [state.iteration])
+        if self._skipped_steps is not None:
+            put([self._skipped_steps], [state.skipped])
         put(self._averages, state.averages)
         put(self._accumulators, state.accumulators)
         put(self._masters, state.masters)
@@ -447,7 +482,7 @@ class Optimizer(StatePersistence):
         new_params, new_values = self._step(old_params, old_values, full)
         for variable, old, new in zip(self._trainable_variables, old_params, new_params):
             if new is not old:
-                params_mod.write(bk, variable, new)
+                params_mod.write(variable, new, bk)
         for variable, old, new in zip(self._variables, old_values, new_values):
             if new is not old:
                 variable.assign(new)
@@ -497,13 +532,13 @@ class Optimizer(StatePersistence):
     # --- Keras's per-variable primitives ------------------------------------------------
     def assign(self, variable, value):
         """Set ``variable`` (a Variable or a plain array) to ``value``."""
-        params_mod.write(self._backend, variable, value)
+        params_mod.write(variable, value, self._backend)
 
     def assign_add(self, variable, value):
-        params_mod.write(self._backend, variable, params_mod.value_of(variable) + value)
+        params_mod.write(variable, params_mod.value_of(variable) + value, self._backend)
 
     def assign_sub(self, variable, value):
-        params_mod.write(self._backend, variable, params_mod.value_of(variable) - value)
+        params_mod.write(variable, params_mod.value_of(variable) - value, self._backend)
 
     def update_step(self, gradient, variable, learning_rate):
         """Apply the update rule alone (no clipping, decay or EMA) to one built weight."""
@@ -526,6 +561,12 @@ class Optimizer(StatePersistence):
         """With EMA, set the weights in ``var_list`` to their moving averages."""
         if not self.use_ema:
             return
+        var_list = self._checked_ema_targets(var_list)
+        for variable, average in zip(var_list, self._averages):
+            if average is not None:
+                params_mod.write(variable, average.value, self._backend)
+
+    def _checked_ema_targets(self, var_list):
         var_list = list(var_list)
         if len(var_list) != len(self._averages):
             raise ValueError(
@@ -533,6 +574,55 @@ class Optimizer(StatePersistence):
                 f"model variables stored in the optimizer ({len(self._averages)}). Please check if the "
                 "optimizer was called on your model."
             )
-        for variable, average in zip(var_list, self._averages):
-            if average is not None:
-                params_mod.write(self._backend, variable, average.value)
+        return var_list
+
+    @contextlib.contextmanager
+    def ema_weights(self, var_list=None):
+        """Inside the block the weights hold their moving averages; on leaving it,
+        also by an exception, they hold their raw values again, bit for bit.
+
+        ``var_list`` defaults to the weights the optimizer was built on. Before
+        the first update the averages are zeros, as in Keras. Not in Keras,
+        which only has the one-way ``finalize_variable_values``.
+
+        Example::
+
+            >>> import numpy as np, polyak
+            >>> w = np.array([1.0])
+            >>> opt = polyak.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)
+            >>> opt.apply([np.array([1.0])], [w])   # w = 0, average = 0 (a copy on the first update)
+            >>> opt.apply([np.array([1.0])], [w])   # w = -1, average = 0.5 * 0 + 0.5 * -1
+            >>> with opt.ema_weights():
+            ...     print(w)
+            [-0.5]
+            >>> w
+            array([-1.])
+        """
+        if not self.use_ema:
+            raise ValueError(
+                "`ema_weights()` needs an optimizer that keeps moving averages. "
+                f"Received: use_ema={self.use_ema}"
+            )
+        if not self.built:
+            raise ValueError(
+                "`ema_weights()` needs a built optimizer: call `optimizer.build(trainable_variables)` or "
+                "`apply` first."
+            )
+        var_list = self._checked_ema_targets(self._trainable_variables if var_list is None else var_list)
+        params_mod.check_parameters(var_list)
+        for i, (variable, average) in enumerate(zip(var_list, self._averages)):
+            shape = tuple(params_mod.value_of(variable).shape)
+            if average is not None and shape != average.shape:
+                raise ValueError(
+                    f"`var_list[{i}]` must have the shape {average.shape} of its average {average.path!r}. "
+                    f"Received: shape {shape}"
+                )
+        raw = [self._backend.copy(params_mod.value_of(v)) for v in var_list]
+        try:
+            for variable, average in zip(var_list, self._averages):
+                if average is not None:
+                    params_mod.write(variable, average.value, self._backend)
+            yield
+        finally:
+            for variable, value in zip(var_list, raw):
+                params_mod.write(variable, value, self._backend)

@@ -19,12 +19,13 @@ def _prepare(opt):
         return None
     weights = [params_mod.value_of(v) for v in opt._trainable_variables]
     per_weight = opt._per_weight()
-    if any(per_weight.overwrite) or any(c is not None for c in per_weight.constraints):
+    if per_weight.special:
         return None
     if not weights or not numpy_fused.eligible_weights(weights):
         return None
     slots = opt._slot_variables()
     return numpy_fused.FusedSGD(
+        opt._trainable_variables,
         weights,
         velocities=slots[0] if slots else [],
         averages=opt._averages,
@@ -35,7 +36,7 @@ def _prepare(opt):
 
 def try_apply(opt, variables, grads) -> bool:
     """Run the fused step and return True, or return False having changed nothing."""
-    if opt._fused is False:
+    if not opt.fused or opt._fused is False or opt.skip_nonfinite:
         return False
     if variables is not opt._trainable_variables and not all(
         a is b for a, b in zip(variables, opt._trainable_variables)
@@ -48,12 +49,14 @@ def try_apply(opt, variables, grads) -> bool:
         if opt._fused is False:
             return False
     fused = opt._fused
-    if not fused.still_bound([params_mod.value_of(v) for v in variables]) or not fused.accepts(grads):
+    if not fused.still_bound():
+        return False
+    addresses = fused.gradient_addresses(grads)
+    if addresses is None:
+        return False
+    if opt._per_weight().special:
         return False
     plan = opt._plan()
-    if any(plan.overwrite) or any(c is not None for c in plan.constraints):
-        return False
-    addresses = numpy_fused.kernels.addresses(grads)
     iteration = opt._iterations.value
     stored_lr = opt._learning_rate.value if isinstance(opt._learning_rate, Variable) else None
 

@@ -30,11 +30,12 @@ def path_of(parameter, default):
     return parameter.path if isinstance(parameter, Variable) else _default_name(default)
 
 
-def write(backend, parameter, value):
+def write(parameter, value, backend=None):
+    """Assign a Variable; copy into a plain array in place (``backend``: the array's, found if omitted)."""
     if isinstance(parameter, Variable):
         parameter.assign(value)
     else:
-        backend.write(parameter, value)
+        (backend or backend_for([parameter])).write(parameter, value)
 
 
 def check_parameters(parameters, paths=None) -> list:

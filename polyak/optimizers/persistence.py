@@ -46,6 +46,8 @@ class StatePersistence:
         }
         if self.master_weights:  # polyak's own options appear only when on, so configs stay Keras's
             config["master_weights"] = True
+        if self.skip_nonfinite:  # polyak's own option: absent when off, so configs stay Keras's
+            config["skip_nonfinite"] = True
         return config
 
     @classmethod

@@ -25,7 +25,7 @@ class SGD(Optimizer):
         **kwargs: the base arguments of :class:`polyak.optimizers.Optimizer`
             (weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
             ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-            gradient_accumulation_steps, name).
+            gradient_accumulation_steps, name), and polyak's ``skip_nonfinite``.
 
     Example::
 

@@ -85,7 +85,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         for i, value in enumerate(values):
             validation.real(f"values[{i}]", value)
         for i, bound in enumerate(boundaries):
-            validation.real(f"boundaries[{i}]", bound)
+            if abs(validation.real(f"boundaries[{i}]", bound)) > validation.INT64_MAX:
+                validation.fail(f"boundaries[{i}]", bound, "within int64's range (the step is an int64)")
         if any(not low < high for low, high in zip(boundaries, boundaries[1:])):
             validation.fail("boundaries", boundaries, "strictly increasing")
         self.boundaries = boundaries

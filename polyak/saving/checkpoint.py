@@ -1,0 +1,287 @@
+"""``save`` and ``load``: an optimizer's whole state in one file, restored exactly or not at all.
+
+A checkpoint holds the optimizer's config (Keras's serialized dict, as JSON),
+every optimizer variable under a stable key (see :mod:`polyak.saving.names`),
+the keys in ``optimizer.variables`` order (so Keras's positional store can be
+rebuilt: :func:`keras_store`), and optionally the weights' values by path.
+
+Loading is all or nothing: the file is read and checked in full, the
+optimizer's variables are planned, and every name, shape and dtype compared,
+before anything is written. With ``strict=False`` the matching entries load and
+the rest is reported in a :class:`CheckpointMismatchWarning`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+
+import numpy as np
+
+from polyak import serialization, validation
+from polyak.backends import backend_for, dtype_name
+from polyak.optimizers import parameters
+from polyak.optimizers.base import Optimizer
+from polyak.saving import files, names
+
+
+class CheckpointMismatch:
+    """What did not match between a checkpoint and its target: key lists, and for
+    ``mismatched`` pairs of ``(key, "file: ..., expected: ...")``."""
+
+    def __init__(self, path, missing=(), unexpected=(), mismatched=(), hint=""):
+        self.path = path
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)
+        self.hint = hint
+
+    def __bool__(self):
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, outcome):
+        lines = [f"Checkpoint {self.path!r} does not match its target. {outcome}"]
+        if self.missing:
+            lines.append(f"  missing (expected, not in the file): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (in the file, not expected): {', '.join(self.unexpected)}")
+        for key, difference in self.mismatched:
+            lines.append(f"  mismatched {key}: {difference}")
+        if self.hint:
+            lines.append(f"  {self.hint}")
+        return "\n".join(lines)
+
+
+class CheckpointMismatchError(ValueError):
+    """``load(strict=True)`` refused a checkpoint; ``.mismatch`` says why. Nothing was changed."""
+
+    def __init__(self, mismatch: CheckpointMismatch):
+        super().__init__(mismatch.describe("Nothing was loaded."))
+        self.mismatch = mismatch
+
+
+class CheckpointMismatchWarning(UserWarning):
+    """``load(strict=False)`` loaded the matching entries only; ``.mismatch`` lists the rest."""
+
+    def __init__(self, mismatch: CheckpointMismatch):
+        super().__init__(mismatch.describe("Only the matching entries were loaded (strict=False)."))
+        self.mismatch = mismatch
+
+
+# --- arrays in and out: the one place that converts --------------------------------------
+def to_numpy(value):
+    """A contiguous NumPy copy of a Variable or backend array (what the file stores)."""
+    value = parameters.value_of(value)
+    return np.array(backend_for([value]).to_numpy(value), copy=True, order="C")
+
+
+def assign(target, array):
+    """Write a NumPy ``array`` into a Variable or a user's array, through its backend."""
+    parameters.write(target, array)
+
+
+# --- save ----------------------------------------------------------------------------------
+def _check_path(path):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        validation.fail("path", path, "a str or os.PathLike", TypeError)
+    if not isinstance(path, str):
+        validation.fail("path", path, "a str or os.PathLike of str", TypeError)
+    return path
+
+
+def _check_optimizer(optimizer):
+    if not isinstance(optimizer, Optimizer):
+        validation.fail("optimizer", optimizer, "a polyak Optimizer", TypeError)
+
+
+def _check_weights(weights, argument):
+    if weights is None:
+        return None
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        validation.fail(argument, weights, "a list of weights (polyak.Variable or arrays)", TypeError)
+    weights = list(weights)
+    for i, w in enumerate(weights):
+        value = parameters.value_of(w)
+        if not backend_for([value]).owns(value):
+            validation.fail(f"{argument}[{i}]", w, "a polyak.Variable or an array", TypeError)
+    return weights
+
+
+def _json_default(value):
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def save(path, optimizer, variables=None):
+    """Write ``optimizer`` (config and every variable) and, if given, the weights'
+    values to one safetensors file at ``path``, atomically.
+
+    Args:
+        path: the file to write (replaced whole, never partially).
+        optimizer: a polyak optimizer; its learning rate must be serializable
+            (a float or a schedule, not a bare callable).
+        variables: optionally, weights whose values to store, keyed by path.
+
+    Raises ``ValueError``/``TypeError`` before touching the disk if anything
+    cannot be saved.
+    """
+    path = _check_path(path)
+    _check_optimizer(optimizer)
+    variables = _check_weights(variables, "variables")
+    config = serialization.serialize(optimizer)
+    try:
+        config_json = json.dumps(config, default=_json_default)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"The config of optimizer '{optimizer.name}' is not JSON-serializable: {error}") from None
+    optimizer_keys = names.optimizer_keys(optimizer)
+    weight_keys = names.weight_keys(variables) if variables is not None else []
+    tensors = {key: to_numpy(v) for key, v in zip(optimizer_keys, optimizer.variables)}
+    tensors.update({key: to_numpy(w) for key, w in zip(weight_keys, variables or ())})
+    metadata = {
+        "config": config_json,
+        "optimizer_variables": json.dumps(optimizer_keys),
+        "variables": json.dumps(weight_keys),
+    }
+    files.write(path, tensors, metadata)
+
+
+# --- load ----------------------------------------------------------------------------------
+def _json_field(metadata, field, path):
+    try:
+        return json.loads(metadata.get(field, ""))
+    except (ValueError, RecursionError):
+        raise ValueError(f"{path!r} is damaged: its {field!r} entry is not valid JSON.") from None
+
+
+def _key_list(metadata, field, prefix, path):
+    keys = _json_field(metadata, field, path)
+    if not (isinstance(keys, list) and all(isinstance(k, str) and k.startswith(prefix) for k in keys)
+            and len(set(keys)) == len(keys)):
+        raise ValueError(f"{path!r} is damaged: {field!r} must list distinct keys starting with {prefix!r}.")
+    return keys
+
+
+def _stored_layout(tensors, metadata, path):
+    """``(optimizer keys in Keras order, weight keys)`` after checking they list the file exactly."""
+    optimizer_keys = _key_list(metadata, "optimizer_variables", names.OPTIMIZER, path)
+    weight_keys = _key_list(metadata, "variables", names.WEIGHTS, path)
+    if set(optimizer_keys) | set(weight_keys) != set(tensors):
+        raise ValueError(f"{path!r} is damaged: its arrays are not the ones its metadata lists.")
+    return optimizer_keys, weight_keys
+
+
+def _optimizer_from_config(metadata, path):
+    config = _json_field(metadata, "config", path)
+    return serialization.deserialize("optimizer", config)
+
+
+def _as_built(optimizer, weights):
+    """``optimizer`` as it will be once built on ``weights``: a built shallow copy, so the
+    original is left as it is until everything is known to match. (``build`` rebinds
+    attributes and adds to ``_variables``, of which the copy gets its own list.)"""
+    if optimizer.built or weights is None:
+        return optimizer
+    probe = copy.copy(optimizer)
+    probe._variables = list(optimizer._variables)
+    probe.build(weights)
+    return probe
+
+
+def _describe(array):
+    return f"{dtype_name(array.dtype)} {tuple(array.shape)}"
+
+
+def _same_dtype(stored, wanted):
+    """Equal dtypes (of any backend); integer counters may differ in width, as JAX's is int32
+    without ``jax_enable_x64``."""
+    stored, wanted = dtype_name(stored), dtype_name(wanted)
+    return stored == wanted or (stored.startswith("int") and wanted.startswith("int"))
+
+
+def _compare(expected, tensors, path, hint=""):
+    """The mismatch between ``expected`` (key -> variable) and the file's ``tensors``."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = []
+    for key, target in expected.items():
+        if key in tensors:
+            stored, wanted = tensors[key], parameters.value_of(target)
+            same = tuple(stored.shape) == tuple(wanted.shape) and _same_dtype(stored.dtype, wanted.dtype)
+            if not same:
+                mismatched.append((key, f"file has {_describe(stored)}, expected {_describe(wanted)}"))
+    return CheckpointMismatch(path, missing, unexpected, mismatched, hint if unexpected else "")
+
+
+def _check_scalars(tensors, path):
+    """Counters are integers >= 0 and a stored learning rate is finite and >= 0, as the
+    constructor would require; the rest is data."""
+    for key in (names.OPTIMIZER + "iteration", names.OPTIMIZER + "skipped_steps"):
+        if key in tensors and (tensors[key].dtype.kind not in "iu" or np.any(tensors[key] < 0)):
+            raise ValueError(f"{path!r} holds an invalid {key}: {tensors[key]!r} (a count must be an integer >= 0).")
+    rate = tensors.get(names.OPTIMIZER + "learning_rate")
+    if rate is not None and not (rate.dtype.kind == "f" and np.all(np.isfinite(rate)) and np.all(rate >= 0)):
+        raise ValueError(f"{path!r} holds an invalid learning rate: {rate!r} (it must be finite and >= 0).")
+
+
+def load(path, optimizer=None, variables=None, strict=True):
+    """Restore a checkpoint written by :func:`save`; returns the optimizer.
+
+    Args:
+        path: the checkpoint file.
+        optimizer: the optimizer to restore into: its hyperparameters are kept
+            and its variables loaded (a float learning rate is one, as in Keras).
+            None: a new one is made from the stored config; only polyak's and
+            registered classes can be made.
+        variables: the weights. An unbuilt optimizer is built on them; if the
+            file holds weight values, they are loaded into them by path.
+        strict: every name, shape and dtype must match, else a
+            :class:`CheckpointMismatchError` (a ``ValueError``) lists what is
+            missing, unexpected and mismatched, and nothing changes. False:
+            load the matching entries and warn about the rest.
+    """
+    path = _check_path(path)
+    strict = validation.boolean("strict", strict)
+    if optimizer is not None:
+        _check_optimizer(optimizer)
+    if variables is not None:
+        variables = parameters.check_parameters(_check_weights(variables, "variables"))
+    tensors, metadata = files.read(path)
+    optimizer_keys, weight_keys = _stored_layout(tensors, metadata, path)
+    _check_scalars(tensors, path)
+    target = optimizer if optimizer is not None else _optimizer_from_config(metadata, path)
+
+    planned = _as_built(target, variables)
+    expected = dict(zip(names.optimizer_keys(planned), planned.variables))
+    if variables is not None and weight_keys:
+        expected.update(zip(names.weight_keys(variables), variables))
+    relevant = {k: v for k, v in tensors.items() if k.startswith(names.OPTIMIZER) or variables is not None}
+    hint = "" if planned.built else "The optimizer is not built: pass `variables` to build it on the weights."
+    mismatch = _compare(expected, relevant, path, hint)
+    if mismatch and strict:
+        raise CheckpointMismatchError(mismatch)
+
+    if planned is not target:
+        target.build(variables)
+        expected = dict(zip(names.optimizer_keys(target), target.variables))
+        if weight_keys:
+            expected.update(zip(names.weight_keys(variables), variables))
+    skipped = {k for k, _ in mismatch.mismatched}
+    for key, destination in expected.items():
+        if key in relevant and key not in skipped:
+            assign(destination, relevant[key])
+    if mismatch:
+        warnings.warn(CheckpointMismatchWarning(mismatch), stacklevel=2)
+    return target
+
+
+def keras_store(path):
+    """The checkpoint's optimizer variables as Keras's positional store
+    (``{"0": iteration, "1": ...}`` in ``variables`` order), for ``load_own_variables``."""
+    tensors, metadata = files.read(_check_path(path))
+    optimizer_keys, _ = _stored_layout(tensors, metadata, path)
+    return {str(i): tensors[key] for i, key in enumerate(optimizer_keys)}

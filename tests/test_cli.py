@@ -1,0 +1,147 @@
+"""The ``polyak`` command: help, the demo from a real process, user errors without tracebacks."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polyak.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _polyak(*args, cwd=None):
+    """``python -m polyak ARGS`` in a fresh process, importing this checkout's polyak."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "polyak", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: polyak" in out and "demo" in out and "bench" in out
+
+
+def test_demo_help_explains_itself(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for words in ("digits", "scikit-learn", "nesterov=True", "EMA", "--epochs", "--backend", "--out", "--resume",
+                  "--stop-after", "training.png", "metrics.json", "checkpoint.npz"):
+        assert words in out
+
+
+def test_a_command_is_required(capsys):
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_bench_help_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for words in ("--workloads", "--contenders", "--repeats", "--json", "torch fused", "floor"):
+        assert words in out
+    assert main(["bench", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--workloads", "W9"])
+    assert done.value.code == 2
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--workloads", "W2", "--contenders", "polyak numpy", "--repeats", "1", "--warmup", "0",
+                 "--json", str(report)]) == 0
+    import json
+
+    result = json.loads(report.read_text())["workloads"][0]
+    assert result["workload"] == "W2" and result["results"]["polyak numpy"]["ms"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tensorflow"], "argument --backend: invalid choice: 'tensorflow'"),
+    (["--epochs", "0"], "argument --epochs: must be a positive integer. Received: '0'"),
+    (["--batch-size", "many"], "argument --batch-size: must be a positive integer. Received: 'many'"),
+    (["--seed", "-3"], "argument --seed: must be a non-negative integer. Received: '-3'"),
+])
+def test_bad_options_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", *args])
+    assert done.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polyak demo: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_framework_backend_not_wired_yet_is_a_one_line_error(capsys, tmp_path, backend):
+    assert main(["demo", "--backend", backend, "--out", str(tmp_path / "out")]) == 2
+    err = _one_line_error(capsys)
+    assert f"--backend {backend}: this version of polyak trains NumPy arrays only" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backend, install", [("torch", 'pip install "torch==2.13.0"'), ("jax", 'pip install "jax')])
+def test_a_framework_not_installed_says_how_to_install_it(monkeypatch, backend, install):
+    from polyak.demo.backends import require_framework
+    from polyak.demo.errors import DemoError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    with pytest.raises(DemoError, match="not installed") as error:
+        require_framework(backend)
+    assert install in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_demo_packages_say_how_to_install_them(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["demo"]) == 2
+    assert 'pip install "polyak[demo]"' in _one_line_error(capsys)
+
+
+def test_an_unwritable_out_is_a_one_line_error(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["demo", "--epochs", "1", "--no-progress", "--out", str(blocker / "sub")]) == 2
+    assert "cannot write to --out" in _one_line_error(capsys)
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_error(capsys, tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["demo", "--resume", "--out", str(tmp_path)]) == 2
+    assert "is not a readable polyak demo checkpoint" in _one_line_error(capsys)
+
+
+def test_the_demo_runs_as_a_program(tmp_path):
+    pytest.importorskip("sklearn")
+    done = _polyak("demo", "--epochs", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout and "EMA weights" in done.stdout
+    assert "epoch 1/1" in done.stderr  # the progress bar
+    out = tmp_path / "polyak-demo"  # the default --out
+    assert {p.name for p in out.iterdir()} == {"training.png", "metrics.json", "checkpoint.npz"}
+    assert json.loads((out / "metrics.json").read_text())["complete"] is True
+
+
+def test_a_user_error_in_a_program_has_no_traceback(tmp_path):
+    done = _polyak("demo", "--resume", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("polyak demo: error: no checkpoint to resume")
+    assert "Traceback" not in done.stderr and done.stdout == ""

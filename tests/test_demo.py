@@ -1,0 +1,212 @@
+"""``polyak demo``: its outputs, exact resume, and the user errors it refuses."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+import polyak.demo  # noqa: E402
+from polyak.demo import job  # noqa: E402
+from polyak.demo.checkpoint import load_checkpoint  # noqa: E402
+from polyak.demo.mlp import NumpyMLP  # noqa: E402
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _run(out, **kwargs):
+    return polyak.demo.run(out, progress=False, echo=_quiet, **kwargs)
+
+
+def _numbers(metrics):
+    """The numbers of a run that do not depend on the clock."""
+    return [{k: v for k, v in epoch.items() if "seconds" not in k} for epoch in metrics["epochs"]]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines = []
+    polyak.demo.run(out, epochs=1, progress=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    return out, lines
+
+
+def test_one_epoch_writes_a_plausible_figure(one_epoch):
+    import matplotlib.image
+
+    out, _ = one_epoch
+    path = out / "training.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert 300 <= height <= 1200 and 800 <= width <= 2400
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_one_epoch_writes_finite_metrics_above_chance(one_epoch):
+    out, _ = one_epoch
+    metrics = json.loads((out / "metrics.json").read_text())
+    (epoch,) = metrics["epochs"]
+    assert epoch["epoch"] == 1 and epoch["steps"] == 43
+    for value in [*epoch.values(), *metrics["final"].values(), *metrics["timing"].values()]:
+        assert isinstance(value, (int, float)) and math.isfinite(value)
+    assert metrics["complete"] is True
+    assert metrics["final"]["test_accuracy"] > 0.8  # chance is 0.1
+    assert metrics["final"]["test_accuracy_ema"] > 0.3
+    assert metrics["timing"]["optimizer_steps_per_second"] > metrics["timing"]["training_steps_per_second"] > 0
+    assert metrics["optimizer"]["nesterov"] is True and metrics["optimizer"]["use_ema"] is True
+    assert metrics["optimizer"]["learning_rate"]["class_name"] == "CosineDecay"
+
+
+def test_one_epoch_prints_a_summary(one_epoch):
+    _, lines = one_epoch
+    text = "\n".join(lines)
+    for words in ("test accuracy", "raw weights", "EMA weights", "time per epoch", "steps per second"):
+        assert words in text
+
+
+def test_the_recipe_decays_kernels_but_not_biases():
+    from polyak.demo.optimizer import make_optimizer
+    from polyak.demo.settings import Settings
+
+    model = NumpyMLP((8,), seed=0)
+    opt = make_optimizer(Settings(), total_steps=100)
+    opt.build(model.weights)
+    assert [opt._use_weight_decay(w) for w in model.weights] == [True, False, True, False]
+    assert opt.nesterov and opt.momentum == 0.9 and opt.use_ema and opt.global_clipnorm == 1.0
+    assert float(opt.learning_rate) == 0.0  # the warmup starts from 0
+
+
+def _assert_same_run(a, b, a_dir, b_dir):
+    assert _numbers(a) == _numbers(b)
+    assert a["final"] == b["final"]
+    first, second = load_checkpoint(a_dir / "checkpoint.npz"), load_checkpoint(b_dir / "checkpoint.npz")
+    assert first.rng_state == second.rng_state
+    for name in first.model:
+        np.testing.assert_array_equal(first.model[name], second.model[name], strict=True)
+    assert first.optimizer.keys() == second.optimizer.keys()
+    for key in first.optimizer:
+        np.testing.assert_array_equal(first.optimizer[key], second.optimizer[key], strict=True)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return out, _run(out, epochs=3, batch_size=64)
+
+
+def test_resume_after_stop_is_bit_identical(tmp_path, straight_run):
+    straight_dir, straight = straight_run
+    halves = _run(tmp_path, epochs=3, batch_size=64, stop_after=1)
+    assert halves["complete"] is False and len(halves["epochs"]) == 1
+    resumed = _run(tmp_path, resume=True)
+    assert resumed["complete"] is True
+    _assert_same_run(straight, resumed, straight_dir, tmp_path)
+
+
+def test_resume_after_interrupt_is_bit_identical(tmp_path, straight_run, monkeypatch, capsys):
+    straight_dir, straight = straight_run
+    real_epoch, calls = job._epoch, []
+
+    def interrupted_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(job, "_epoch", interrupted_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, epochs=3, batch_size=64)
+    assert "holds epochs 1-1" in capsys.readouterr().err
+    monkeypatch.setattr(job, "_epoch", real_epoch)
+    resumed = _run(tmp_path, resume=tmp_path / "checkpoint.npz")
+    _assert_same_run(straight, resumed, straight_dir, tmp_path)
+
+
+def test_resume_refuses_other_settings(straight_run):
+    straight_dir, _ = straight_run
+    before = (straight_dir / "checkpoint.npz").read_bytes()
+    with pytest.raises(polyak.demo.DemoError, match=r"--epochs 5 differs from the checkpoint's epochs=3"):
+        _run(straight_dir, resume=True, epochs=5)
+    assert (straight_dir / "checkpoint.npz").read_bytes() == before
+
+
+def _rewritten(**changes):
+    """A corruption: the good checkpoint saved again with entries replaced (or removed, for None)."""
+    def corrupt(good: bytes, path):
+        path.with_name("good.npz").write_bytes(good)
+        with np.load(path.with_name("good.npz")) as npz:
+            arrays = {**npz, **changes}
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return corrupt
+
+
+def _flipped(good: bytes, path):
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+
+
+CORRUPTIONS = {
+    "truncated": lambda good, path: path.write_bytes(good[: len(good) // 2]),
+    "not a zip": lambda good, path: path.write_text("hello"),
+    "bit flip": _flipped,
+    "missing entry": _rewritten(rng_state=None),
+    "pickled object": _rewritten(history=np.array([{"epoch": 1}], dtype=object)),
+    "bad json": _rewritten(settings=np.array("{not json")),
+    "bad settings": _rewritten(settings=np.array('{"epochs": 3}')),
+    "bad history": _rewritten(history=np.array("[1, 2]")),
+    "bad generator": _rewritten(rng_state=np.array('{"bit_generator": "MT19937"}')),
+    "wrong weight shape": _rewritten(**{"model/dense_0_kernel": np.zeros((3, 3), np.float32)}),
+    "wrong optimizer shape": _rewritten(**{"optimizer/2": np.zeros((3, 3), np.float32)}),
+    "missing optimizer variable": _rewritten(**{"optimizer/2": None}),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_checkpoint_is_a_clear_error_that_changes_nothing(tmp_path, straight_run, corruption):
+    straight_dir, _ = straight_run
+    bad = tmp_path / "bad.npz"
+    CORRUPTIONS[corruption]((straight_dir / "checkpoint.npz").read_bytes(), bad)
+    corrupt = bad.read_bytes()
+    out = tmp_path / "out"
+    with pytest.raises(polyak.demo.DemoError) as error:
+        _run(out, resume=bad)
+    assert "\n" not in str(error.value)
+    assert not out.exists()
+    assert bad.read_bytes() == corrupt
+
+
+def test_a_missing_checkpoint_says_how_to_start(tmp_path):
+    with pytest.raises(polyak.demo.DemoError, match="no checkpoint to resume.*without --resume"):
+        _run(tmp_path, resume=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_out_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(polyak.demo.DemoError, match="cannot write to --out"):
+        _run(blocker / "out", epochs=1)
+    with pytest.raises(polyak.demo.DemoError, match="cannot write to --out"):
+        _run(blocker, epochs=1)
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, r"epochs must be a positive integer. Received: epochs=0"),
+    ({"batch_size": 2.5}, r"batch_size must be a positive integer. Received: batch_size=2.5"),
+    ({"seed": -1}, r"seed must be a non-negative integer. Received: seed=-1"),
+    ({"backend": "tensorflow"}, r"unknown backend 'tensorflow'"),
+    ({"stop_after": 0}, r"--stop-after must be a positive number of epochs. Received: 0"),
+])
+def test_bad_options_are_clear_errors(tmp_path, options, message):
+    with pytest.raises(polyak.demo.DemoError, match=message):
+        _run(tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
