@@ -96,3 +96,23 @@ def test_ineligible_calls_fall_back_and_agree(case):
 
     for got, want in zip(run(True), run(False)):
         np.testing.assert_array_equal(got, want)
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("options", OPTIONS[::3], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_torch_cpu_tensors_take_the_fused_kernel_and_equal_the_reference(options):
+    def run(fused):
+        gen = torch.Generator().manual_seed(5)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(3, 5), (4,), (70000,)]]
+        opt = polyak.SGD(learning_rate=0.05, **options)
+        opt.fused = fused
+        for _ in range(6):
+            opt.apply([torch.randn(p.shape, generator=gen) for p in params], params)
+        assert (type(opt._fused).__name__ == "FusedSGD") == fused
+        return [p.detach().numpy().copy() for p in params] + [v.numpy() for v in opt.variables]
+
+    by_norm = "clipnorm" in options or "global_clipnorm" in options
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-6 if by_norm else 0, atol=1e-6 if by_norm else 0)

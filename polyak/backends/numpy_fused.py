@@ -6,6 +6,9 @@ average, gradient accumulator) is moved into one flat buffer per role; each
 behave as before. Weights and gradients stay where the user keeps them and are
 reached through their addresses.
 
+The same kernel serves PyTorch tensors on the CPU (``torch_fused``): their
+memory is reached the same way, and the state buffers are shared with torch.
+
 Eligible: every weight a C-contiguous float32 or float64 array of one dtype,
 none with a constraint or ``overwrite_with_gradient``; every gradient present,
 C-contiguous, of the weights' dtype and shape. Anything else takes the
@@ -35,26 +38,64 @@ def available() -> bool:
     return True
 
 
-def eligible_weights(values) -> bool:
-    dtype = values[0].dtype
-    return dtype in (np.float32, np.float64) and all(
-        type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous for v in values
-    )
+class NumpyMemory:
+    """How the fused step reaches NumPy arrays."""
+
+    @staticmethod
+    def dtype_of(values):
+        """The weights' common NumPy dtype if the kernel can update them all in place, else None."""
+        dtype = values[0].dtype
+        ok = dtype in (np.float32, np.float64) and all(
+            type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous for v in values
+        )
+        return dtype if ok else None
+
+    @staticmethod
+    def addresses(values, dtype, shapes):
+        """Addresses of C-contiguous arrays of ``dtype`` and ``shapes``, or None."""
+        try:
+            if [g.shape for g in values] != shapes:
+                return None
+        except AttributeError:
+            return None
+        if not all(type(g) is np.ndarray and g.dtype is dtype for g in values):
+            return None
+        found = kernels.addresses(values)
+        return None if (found < 0).any() else found
+
+    @staticmethod
+    def wrap(view):
+        """The optimizer variable's value for a view into a flat state buffer."""
+        return view
+
+
+def memory_for(backend):
+    """The memory adapter for ``backend``'s arrays, or None if the kernel cannot reach them."""
+    if backend.name == "numpy":
+        return NumpyMemory
+    if backend.name == "torch" and backend.device.type == "cpu":
+        from polyak.backends.torch_fused import TorchCPUMemory
+
+        return TorchCPUMemory
+    return None
 
 
 class FusedSGD:
-    """A fused step bound to one list of weight arrays and the state Variables of each role."""
+    """A fused step bound to one list of weights and the state Variables of each role."""
 
-    def __init__(self, variables, weights, velocities, averages, accumulators, decay_mask):
+    def __init__(self, memory, dtype, variables, weights, velocities, averages, accumulators, decay_mask):
+        self.memory = memory
         self.weights = list(weights)
         #: the weights held by Variables (plain arrays never change storage)
-        self._held = [(v, w) for v, w in zip(variables, self.weights) if type(v) is not np.ndarray]
-        self.dtype = self.weights[0].dtype
-        self.shapes = [w.shape for w in self.weights]
-        self.sizes = np.array([w.size for w in self.weights], np.int64)
+        self._held = [(v, w) for v, w in zip(variables, self.weights) if v is not w]
+        self.dtype = np.dtype(dtype)
+        self.shapes = [tuple(w.shape) for w in self.weights]
+        self.sizes = np.array([int(np.prod(shape)) for shape in self.shapes], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.decay = np.array(decay_mask, np.uint8)
-        self.weight_addresses = kernels.addresses(self.weights)
+        self._native_dtype = dtype
+        self._native_shapes = [w.shape for w in self.weights]
+        self.weight_addresses = memory.addresses(self.weights, dtype, self._native_shapes)
         empty = np.zeros(0, self.dtype)
         self.velocity = self._pack(velocities) if velocities else empty
         self.average = self._pack(averages) if averages else empty
@@ -71,8 +112,7 @@ class FusedSGD:
         flat = np.empty(int(self.sizes.sum()), self.dtype)
         for variable, offset, size, shape in zip(variables, self.offsets, self.sizes, self.shapes):
             view = flat[offset:offset + size].reshape(shape)
-            view[...] = variable.value
-            variable._rebind(view)
+            variable._rebind(self.memory.wrap(view))
         return flat
 
     def still_bound(self) -> bool:
@@ -80,18 +120,9 @@ class FusedSGD:
         return all(v._value is w for v, w in self._held)
 
     def gradient_addresses(self, grads):
-        """The gradients' addresses, or None unless every gradient is a C-contiguous array of
-        the weights' dtype and its weight's shape."""
-        try:
-            if [g.shape for g in grads] != self.shapes:
-                return None
-        except AttributeError:
-            return None
-        dtype = self.dtype
-        if not all(type(g) is np.ndarray and g.dtype is dtype for g in grads):
-            return None
-        found = kernels.addresses(grads)
-        return None if (found < 0).any() else found
+        """The gradients' addresses, or None unless every gradient is a contiguous array of
+        the weights' kind, dtype and shape."""
+        return self.memory.addresses(grads, self._native_dtype, self._native_shapes)
 
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""

@@ -15,16 +15,20 @@ from polyak.variable import Variable
 
 def _prepare(opt):
     hyper = opt._fused_hyperparameters()
-    if hyper is None or opt._backend is not NUMPY or not numpy_fused.available():
+    memory = numpy_fused.memory_for(opt._backend)
+    if hyper is None or memory is None or not numpy_fused.available():
         return None
     weights = [params_mod.value_of(v) for v in opt._trainable_variables]
     per_weight = opt._per_weight()
-    if per_weight.special:
+    if per_weight.special or not weights:
         return None
-    if not weights or not numpy_fused.eligible_weights(weights):
+    dtype = memory.dtype_of(weights)
+    if dtype is None:
         return None
     slots = opt._slot_variables()
     return numpy_fused.FusedSGD(
+        memory,
+        dtype,
         opt._trainable_variables,
         weights,
         velocities=slots[0] if slots else [],
@@ -57,8 +61,8 @@ def try_apply(opt, variables, grads) -> bool:
     if opt._per_weight().special:
         return False
     plan = opt._plan()
-    iteration = opt._iterations.value
-    stored_lr = opt._learning_rate.value if isinstance(opt._learning_rate, Variable) else None
+    iteration = NUMPY.to_numpy(opt._iterations.value)
+    stored_lr = NUMPY.to_numpy(opt._learning_rate.value) if isinstance(opt._learning_rate, Variable) else None
 
     def sum_squares(mode):
         return fused.sum_squares(addresses, mode, plan.loss_scale_factor or 0, plan.accumulation_steps or 0)

@@ -1,0 +1,43 @@
+"""The fused step's access to PyTorch tensors on the CPU.
+
+The kernel of ``numpy_fused`` updates memory through addresses, so CPU tensors
+take the same kernel as NumPy arrays: weights and gradients through
+``data_ptr()``, optimizer state in flat NumPy buffers that the state tensors
+share (``torch.from_numpy``). The writes bypass autograd's version counter, as
+any optimizer step runs outside autograd.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+class TorchCPUMemory:
+    @staticmethod
+    def dtype_of(values):
+        dtype = values[0].dtype
+        ok = dtype in _DTYPES and all(
+            isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+            and t.layout == torch.strided
+            for t in values
+        )
+        return _DTYPES[dtype] if ok else None
+
+    @staticmethod
+    def addresses(values, dtype, shapes):
+        torch_dtype = next(t for t, d in _DTYPES.items() if d == dtype)
+        try:
+            if [t.shape for t in values] != shapes:
+                return None
+            if not all(t.dtype is torch_dtype and t.is_contiguous() and t.device.type == "cpu" for t in values):
+                return None
+            return np.array([t.data_ptr() for t in values], np.int64)
+        except AttributeError:
+            return None
+
+    @staticmethod
+    def wrap(view):
+        return torch.from_numpy(view)
