@@ -52,7 +52,7 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
     data = load_digits()
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
     try:
-        opt = make_optimizer(settings, settings.epochs * steps_per_epoch)
+        opt = make_optimizer(settings, settings.epochs * steps_per_epoch, getattr(model, "biases", ()))
     except (ValueError, TypeError) as error:  # settings read from a checkpoint are not checked field by field
         raise DemoError(f"the settings do not make an optimizer: {error}") from None
     opt.build(model.weights)
@@ -166,7 +166,7 @@ def _epoch(epoch, settings, model, opt, data, rng, progress) -> dict:
             batch = order[begin:begin + settings.batch_size]
             loss, right, grads = model.loss_and_grads(data.x_train[batch], data.y_train[batch])
             tick = time.perf_counter()
-            opt.apply(grads, model.weights)
+            model.apply_gradients(opt, grads)
             optimizer_seconds += time.perf_counter() - tick
             loss_sum += loss * len(batch)
             correct += right
