@@ -220,8 +220,17 @@ FRAMEWORKS = [pytest.param("torch", marks=pytest.mark.skipif(importlib.util.find
                                                            reason="needs jax"))]
 
 
+def _torch_threads(backend):
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return None
+
+
 @pytest.mark.parametrize("backend", FRAMEWORKS)
 def test_one_epoch_on_a_framework(tmp_path, backend):
+    threads = _torch_threads(backend)
     lines = []
     metrics = polyak.demo.run(tmp_path, epochs=1, backend=backend, progress=True,
                               echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
@@ -233,6 +242,7 @@ def test_one_epoch_on_a_framework(tmp_path, backend):
         assert isinstance(value, (int, float)) and math.isfinite(value)
     assert metrics["final"]["test_accuracy"] > 0.8 and metrics["final"]["test_accuracy_ema"] > 0.3
     assert f"on the {backend} backend" in "\n".join(lines)
+    assert _torch_threads(backend) == threads  # the torch model trains on one thread, then gives the count back
     checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")  # the NumPy model's names, shapes and dtypes
     numpy_state = NumpyMLP(polyak.demo.Settings().hidden, seed=0).state()
     assert {k: (a.shape, a.dtype) for k, a in checkpoint.model.items()} == {

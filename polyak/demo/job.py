@@ -49,6 +49,15 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
         raise DemoError(f"--stop-after must be a positive number of epochs. Received: {stop_after!r}")
     init_seed, shuffle_seed = np.random.SeedSequence(settings.seed).spawn(2)
     model = make_model(settings.backend, settings.hidden, init_seed)
+    try:
+        return _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo)
+    finally:
+        close = getattr(model, "close", None)  # e.g. torch: its thread count back as it was
+        if close is not None:
+            close()
+
+
+def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo) -> dict:
     data = load_digits()
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
     try:

@@ -36,6 +36,7 @@ class TorchMLP:
     def __init__(self, hidden, seed):
         # The matrices are small (a batch of 32 by 128 units): splitting them over threads costs
         # more than it saves, tens of times more on a busy 2-core machine. The demo runs on one.
+        self._threads = torch.get_num_threads()
         torch.set_num_threads(1)
         self.sizes = layer_sizes(hidden)
         self.module = _Net(initial_weights(self.sizes, seed))
@@ -43,6 +44,10 @@ class TorchMLP:
         self.names = [name for name, _ in named]
         self.weights = [p for _, p in named]
         self.biases = [p for name, p in named if name.endswith("bias")]  # plain tensors carry no name to exclude by
+
+    def close(self) -> None:
+        """Give torch back the thread count it had before the run."""
+        torch.set_num_threads(self._threads)
 
     @property
     def parameter_count(self) -> int:
