@@ -40,11 +40,6 @@ def make_model(backend: str, hidden, seed):
     """The demo's MLP on ``backend``, or a ``DemoError`` saying what is missing."""
     if backend not in BACKENDS:
         raise DemoError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in _MODELS:
-        raise DemoError(
-            f"--backend {backend}: this version of polyak trains NumPy arrays only; "
-            f"{_FRAMEWORKS[backend][0]} support is on its way. Use --backend numpy."
-        )
     require_framework(backend)
     return _MODELS[backend](hidden, seed)
 
