@@ -90,10 +90,12 @@ def _one_line_error(capsys):
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_a_framework_backend_not_wired_yet_is_a_one_line_error(capsys, tmp_path, backend):
+def test_a_framework_not_installed_is_a_one_line_error(capsys, monkeypatch, tmp_path, backend):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
     assert main(["demo", "--backend", backend, "--out", str(tmp_path / "out")]) == 2
     err = _one_line_error(capsys)
-    assert f"--backend {backend}: this version of polyak trains NumPy arrays only" in err
+    assert f"--backend {backend} needs" in err and "pip install" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -138,6 +140,22 @@ def test_the_demo_runs_as_a_program(tmp_path):
     out = tmp_path / "polyak-demo"  # the default --out
     assert {p.name for p in out.iterdir()} == {"training.png", "metrics.json", "checkpoint.npz"}
     assert json.loads((out / "metrics.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_the_demo_runs_and_resumes_on_a_framework_as_a_program(tmp_path, backend):
+    pytest.importorskip("sklearn")
+    pytest.importorskip(backend)
+    out = str(tmp_path / "out")
+    done = _polyak("demo", "--backend", backend, "--epochs", "2", "--stop-after", "1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/2" in done.stderr and "`polyak demo --resume --out" in done.stdout
+    done = _polyak("demo", "--resume", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 2/2" in done.stderr and "resuming after epoch 1" in done.stdout
+    assert f"after 2 of 2 epochs on the {backend} backend" in done.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["complete"] is True and metrics["settings"]["backend"] == backend
 
 
 def test_a_user_error_in_a_program_has_no_traceback(tmp_path):

@@ -1,5 +1,6 @@
 """``polyak demo``: its outputs, exact resume, and the user errors it refuses."""
 
+import importlib.util
 import json
 import math
 
@@ -210,3 +211,72 @@ def test_bad_options_are_clear_errors(tmp_path, options, message):
     with pytest.raises(polyak.demo.DemoError, match=message):
         _run(tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
+
+
+# --- the same run on PyTorch and JAX --------------------------------------------------------------
+FRAMEWORKS = [pytest.param("torch", marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                                             reason="needs torch")),
+              pytest.param("jax", marks=pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                                           reason="needs jax"))]
+
+
+def _torch_threads(backend):
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return None
+
+
+@pytest.mark.parametrize("backend", FRAMEWORKS)
+def test_one_epoch_on_a_framework(tmp_path, backend):
+    threads = _torch_threads(backend)
+    lines = []
+    metrics = polyak.demo.run(tmp_path, epochs=1, backend=backend, progress=True,
+                              echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert (tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    (epoch,) = metrics["epochs"]
+    assert epoch["steps"] == 43 and metrics["settings"]["backend"] == backend
+    for value in [*epoch.values(), *metrics["final"].values(), *metrics["timing"].values()]:
+        assert isinstance(value, (int, float)) and math.isfinite(value)
+    assert metrics["final"]["test_accuracy"] > 0.8 and metrics["final"]["test_accuracy_ema"] > 0.3
+    assert f"on the {backend} backend" in "\n".join(lines)
+    assert _torch_threads(backend) == threads  # the torch model trains on one thread, then gives the count back
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")  # the NumPy model's names, shapes and dtypes
+    numpy_state = NumpyMLP(polyak.demo.Settings().hidden, seed=0).state()
+    assert {k: (a.shape, a.dtype) for k, a in checkpoint.model.items()} == {
+        k: (a.shape, a.dtype) for k, a in numpy_state.items()}
+
+
+@pytest.mark.parametrize("backend", FRAMEWORKS)
+def test_the_recipe_spares_the_biases_on_a_framework(backend):
+    from polyak.demo.backends import make_model
+    from polyak.demo.optimizer import make_optimizer
+    from polyak.demo.settings import Settings
+
+    model = make_model(backend, (8,), 0)
+    opt = make_optimizer(Settings(), 100, getattr(model, "biases", ()))
+    opt.build(model.weights)
+    assert [opt._use_weight_decay(w) for w in model.weights] == [True, False, True, False]
+
+
+@pytest.mark.parametrize("backend", FRAMEWORKS)
+def test_resume_on_a_framework_matches_an_uninterrupted_run(tmp_path, backend):
+    straight_dir, halves_dir = tmp_path / "straight", tmp_path / "halves"
+    straight = _run(straight_dir, epochs=2, batch_size=64, backend=backend)
+    first = _run(halves_dir, epochs=2, batch_size=64, backend=backend, stop_after=1)
+    assert first["complete"] is False
+    resumed = _run(halves_dir, resume=True)
+    assert resumed["complete"] is True and resumed["settings"]["backend"] == backend
+    a, b = _numbers(straight), _numbers(resumed)
+    assert [sorted(e) for e in a] == [sorted(e) for e in b]
+    for x, y in zip(a, b):
+        for key in x:
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), key
+    one, two = load_checkpoint(straight_dir / "checkpoint.npz"), load_checkpoint(halves_dir / "checkpoint.npz")
+    assert one.rng_state == two.rng_state
+    for name in one.model:  # equal to float32 rounding
+        np.testing.assert_allclose(two.model[name], one.model[name], rtol=1e-5, atol=1e-6)
+    for key in one.optimizer:
+        np.testing.assert_allclose(two.optimizer[key], one.optimizer[key], rtol=1e-5, atol=1e-6)

@@ -13,8 +13,11 @@ Train a small multilayer perceptron to read the 8x8 handwritten digits that ship
 with scikit-learn (1,797 images, no download; a fixed quarter held out for
 testing), with SGD(momentum={Settings.momentum}, nesterov=True), a cosine learning-rate schedule
 with warmup, decoupled weight decay on every weight but the biases,
-global_clipnorm={Settings.global_clipnorm} and an EMA of the weights. The forward and backward
-passes are NumPy: no framework is needed.
+global_clipnorm={Settings.global_clipnorm} and an EMA of the weights. By default the forward and
+backward passes are NumPy: no framework is needed. --backend torch trains the
+same model, from the same initial weights, as a PyTorch nn.Module (autograd's
+backward, polyak updating the parameters in place); --backend jax with jax.grad
+and a jax.jit-compiled opt.stateless_apply.
 
 Shows a progress bar per epoch, then test accuracy with the raw and the EMA
 weights, time per epoch and steps per second; writes training.png (loss and
@@ -28,6 +31,7 @@ examples:
   polyak demo --epochs 30 --stop-after 10 && polyak demo --resume
                                        a run in two halves, with the numbers of an
                                        uninterrupted one (bit for bit on NumPy)
+  polyak demo --backend torch          the same run on PyTorch (--backend jax: on JAX)
 """
 
 

@@ -19,19 +19,27 @@ def _numpy_model(hidden, seed):
     return NumpyMLP(hidden, seed)
 
 
-# The same MLP on PyTorch and JAX joins here once polyak's optimizer updates their arrays.
-_MODELS = {"numpy": _numpy_model}
+def _torch_model(hidden, seed):
+    from polyak.demo.torch_mlp import TorchMLP
+
+    return TorchMLP(hidden, seed)
+
+
+def _jax_model(hidden, seed):
+    from polyak.demo.jax_mlp import JaxMLP
+
+    return JaxMLP(hidden, seed)
+
+
+# Each model has the interface of ``NumpyMLP``: ``sizes``, ``weights``, ``parameter_count``,
+# ``loss_and_grads``, ``apply_gradients``, ``evaluate``, ``state`` and ``load_state``.
+_MODELS = {"numpy": _numpy_model, "torch": _torch_model, "jax": _jax_model}
 
 
 def make_model(backend: str, hidden, seed):
     """The demo's MLP on ``backend``, or a ``DemoError`` saying what is missing."""
     if backend not in BACKENDS:
         raise DemoError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in _MODELS:
-        raise DemoError(
-            f"--backend {backend}: this version of polyak trains NumPy arrays only; "
-            f"{_FRAMEWORKS[backend][0]} support is on its way. Use --backend numpy."
-        )
     require_framework(backend)
     return _MODELS[backend](hidden, seed)
 

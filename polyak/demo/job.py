@@ -49,10 +49,19 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
         raise DemoError(f"--stop-after must be a positive number of epochs. Received: {stop_after!r}")
     init_seed, shuffle_seed = np.random.SeedSequence(settings.seed).spawn(2)
     model = make_model(settings.backend, settings.hidden, init_seed)
+    try:
+        return _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo)
+    finally:
+        close = getattr(model, "close", None)  # e.g. torch: its thread count back as it was
+        if close is not None:
+            close()
+
+
+def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo) -> dict:
     data = load_digits()
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
     try:
-        opt = make_optimizer(settings, settings.epochs * steps_per_epoch)
+        opt = make_optimizer(settings, settings.epochs * steps_per_epoch, getattr(model, "biases", ()))
     except (ValueError, TypeError) as error:  # settings read from a checkpoint are not checked field by field
         raise DemoError(f"the settings do not make an optimizer: {error}") from None
     opt.build(model.weights)
@@ -166,7 +175,7 @@ def _epoch(epoch, settings, model, opt, data, rng, progress) -> dict:
             batch = order[begin:begin + settings.batch_size]
             loss, right, grads = model.loss_and_grads(data.x_train[batch], data.y_train[batch])
             tick = time.perf_counter()
-            opt.apply(grads, model.weights)
+            model.apply_gradients(opt, grads)
             optimizer_seconds += time.perf_counter() - tick
             loss_sum += loss * len(batch)
             correct += right

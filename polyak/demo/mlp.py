@@ -97,13 +97,21 @@ class NumpyMLP:
     def state(self) -> dict[str, np.ndarray]:
         return {w.name: w.numpy() for w in self.weights}
 
+    def apply_gradients(self, opt, grads) -> None:
+        """One optimizer step: the weights are Variables, assigned in place."""
+        opt.apply(grads, self.weights)
+
     def load_state(self, arrays: dict) -> None:
         """Set every weight from ``arrays`` (name -> array) after checking all names and shapes."""
-        expected = {w.name: w.shape for w in self.weights}
-        found = {name: tuple(np.shape(a)) for name, a in arrays.items()}
-        if found != expected:
-            differences = [f"{name} {found.get(name, 'missing')} where the model has {expected.get(name, 'none')}"
-                           for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
-            raise DemoError(f"the checkpoint's model weights do not fit the model: {'; '.join(differences)}")
+        check_state({w.name: w.shape for w in self.weights}, arrays)
         for w in self.weights:
             w.assign(arrays[w.name])
+
+
+def check_state(expected: dict, arrays: dict) -> None:
+    """Raise ``DemoError`` unless ``arrays`` (name -> array) has exactly the names and shapes of ``expected``."""
+    found = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+    if found != expected:
+        differences = [f"{name} {found.get(name, 'missing')} where the model has {expected.get(name, 'none')}"
+                       for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
+        raise DemoError(f"the checkpoint's model weights do not fit the model: {'; '.join(differences)}")

@@ -5,7 +5,8 @@ epoch), the train and test loss and accuracy with the raw weights and with the
 EMA weights (``train_loss``, ``train_loss_ema``, ``test_accuracy``,
 ``test_accuracy_ema``, ...), ``steps`` and the timings ``seconds`` (the whole
 epoch), ``train_seconds`` (forward, backward and update) and
-``optimizer_seconds`` (inside ``opt.apply`` alone).
+``optimizer_seconds`` (inside ``opt.apply``, or on JAX the jitted
+``opt.stateless_apply``, alone).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def summary(history, *, total_epochs, backend, out_files) -> list[str]:
         f"  test loss          raw weights {last['test_loss']:.4f}    EMA weights {last['test_loss_ema']:.4f}",
         f"  time per epoch     {t['seconds_per_epoch']:.3f} s",
         f"  steps per second   {t['training_steps_per_second']:,.0f} training steps (forward, backward, update); "
-        f"{t['optimizer_steps_per_second']:,.0f} optimizer steps (opt.apply alone)",
+        f"{t['optimizer_steps_per_second']:,.0f} optimizer steps "
+        f"({'jax.jit(opt.stateless_apply)' if backend == 'jax' else 'opt.apply'} alone)",
         "  wrote " + ", ".join(str(p) for p in out_files),
     ]
