@@ -109,7 +109,10 @@ def trajectory(module, scenario, backend="numpy"):
 def _torch_array(x):
     import torch
 
-    return torch.from_numpy(np.array(x))
+    x = np.array(x)
+    if str(x.dtype) == "bfloat16":  # torch reads no ml_dtypes arrays; bfloat16 -> float32 -> bfloat16 is exact
+        return torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(x)
 
 
 def _jax_array(x):
