@@ -93,6 +93,15 @@ def sharded_worker(rank, world_size, port, out_dir):
             for mine, theirs in zip(opt.shard.variables, restored.shard.variables):
                 assert torch.equal(torch.as_tensor(mine.numpy()), torch.as_tensor(theirs.numpy())), mine.path
 
+        # a checkpoint from a different model is refused on every rank
+        other = list(torch.nn.Linear(4, 2).parameters())
+        wrong = ShardedOptimizer(make_optimizer("clipnorm", other))
+        wrong.build(other)
+        try:
+            wrong.load(f"{out_dir}/clipnorm.safetensors")
+        except Exception as error:  # noqa: BLE001 - the test checks the type by name
+            results["wrong_checkpoint"] = np.array(f"{type(error).__name__}: {error}")
+
         # ranks building on different parameter lists fail on every rank, without hanging
         model = make_model()
         params = list(model.parameters()) if rank == 0 else list(model.parameters())[:-1]
@@ -150,6 +159,13 @@ def test_different_parameter_lists_fail_on_every_rank(ranks):
     _, results = ranks
     for r in range(WORLD):
         assert "different parameter lists" in str(results[r]["mismatch"])
+
+
+def test_checkpoint_of_another_model_is_refused_on_every_rank(ranks):
+    _, results = ranks
+    for r in range(WORLD):
+        message = str(results[r]["wrong_checkpoint"])
+        assert message.startswith("CheckpointMismatchError") and "Nothing was loaded" in message, message
 
 
 def test_needs_an_initialised_process_group():
