@@ -117,7 +117,7 @@ def sharded_worker(rank, world_size, port, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    distributed_launch.run(sharded_worker, WORLD, str(out), timeout=90)
+    distributed_launch.run(sharded_worker, WORLD, str(out), timeout=60)
     return out, [dict(np.load(out / f"rank{r}.npz")) for r in range(WORLD)]
 
 
