@@ -1,0 +1,5 @@
+"""Training across processes: optimizer state sharded over a ``torch.distributed`` group."""
+
+from polyak.distributed.sharded import ShardedOptimizer
+
+__all__ = ["ShardedOptimizer"]
