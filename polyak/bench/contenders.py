@@ -126,11 +126,13 @@ def polyak_jax(workload):
         opt.build([polyak.Variable(v) for v in values])
     except TypeError as error:
         raise Unavailable(f"polyak has no JAX backend here ({error})") from None
-    step = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
+    # Donate the weights first: JAX pairs donated inputs with outputs in order, and
+    # stateless_apply returns (weights, optimizer values), so this order updates in place.
+    step = jax.jit(lambda params, values, grads: opt.stateless_apply(values, grads, params), donate_argnums=(0, 1))
     state = {"opt": [v.value for v in opt.variables], "params": values}
 
     def run():
-        state["params"], state["opt"] = step(state["opt"], jgrads, state["params"])
+        state["params"], state["opt"] = step(state["params"], state["opt"], jgrads)
         jax.block_until_ready(state["params"])
 
     return run

@@ -514,6 +514,10 @@ class Optimizer(StatePersistence):
         Returns:
             ``(new_trainable_values, new_optimizer_values)``, the former arranged
             like ``trainable_variables``; nothing is modified.
+
+        Under ``jax.jit`` with donation, donate the weights and then the optimizer
+        values, in the order they are returned (wrap the call so they come first):
+        JAX pairs donated buffers with outputs in order.
         """
         if not self.built:
             raise ValueError(
