@@ -45,23 +45,23 @@ def _positive_steps(name, value):
     return value
 
 
-@serialization.builtin("schedule", _MODULE)
-class ExponentialDecay(LearningRateSchedule):
-    """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (floored exponent if ``staircase``)."""
+class _RateDecay(LearningRateSchedule):
+    """A schedule of ``(initial_learning_rate, decay_steps, decay_rate, staircase)``."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+    _function = None  #: one of ``functions``' decays, taking those four arguments
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name=None):
         validation.real("initial_learning_rate", initial_learning_rate)
+        validation.real("decay_rate", decay_rate)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
         self.decay_rate = decay_rate
-        validation.real("decay_rate", decay_rate)
         self.staircase = validation.boolean("staircase", staircase)
-        self.name = name
+        self.name = name or type(self).__name__
 
     def __call__(self, step):
         return self._evaluate(
-            functions.exponential_decay, step,
-            self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
+            type(self)._function, step, self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
         )
 
     def get_config(self):
@@ -69,6 +69,16 @@ class ExponentialDecay(LearningRateSchedule):
             "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
             "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
         }
+
+
+@serialization.builtin("schedule", _MODULE)
+class ExponentialDecay(_RateDecay):
+    """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (floored exponent if ``staircase``)."""
+
+    _function = staticmethod(functions.exponential_decay)
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
 
 @serialization.builtin("schedule", _MODULE)
@@ -131,29 +141,13 @@ class PolynomialDecay(LearningRateSchedule):
 
 
 @serialization.builtin("schedule", _MODULE)
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """``lr0 / (1 + decay_rate * step / decay_steps)`` (floored ratio if ``staircase``)."""
 
+    _function = staticmethod(functions.inverse_time_decay)
+
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
-        validation.real("initial_learning_rate", initial_learning_rate)
-        validation.real("decay_rate", decay_rate)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = _positive_steps("decay_steps", decay_steps)
-        self.decay_rate = decay_rate
-        self.staircase = validation.boolean("staircase", staircase)
-        self.name = name
-
-    def __call__(self, step):
-        return self._evaluate(
-            functions.inverse_time_decay, step,
-            self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
-        )
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
-        }
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
 
 @serialization.builtin("schedule", _MODULE)
