@@ -519,11 +519,7 @@ class Optimizer(StatePersistence):
         values, in the order they are returned (wrap the call so they come first):
         JAX pairs donated buffers with outputs in order.
         """
-        if not self.built:
-            raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
-                "been created). You can build it via `optimizer.build(trainable_variables)`."
-            )
+        stateless.check_built(self)
         optimizer_variables = list(optimizer_variables)
         trainable_variables = self._structure.leaves(trainable_variables, "trainable_variables")
         grads = self._structure.leaves(grads, "grads")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from polyak import serialization, validation
 from polyak.optimizers import parameters as params_mod
+from polyak.optimizers import stateless
 from polyak.optimizers.base import Optimizer
 from polyak.optimizers.gradients import check_gradients
 
@@ -129,11 +130,7 @@ class LossScaleOptimizer(Optimizer):
         self.dynamic_scale.assign(scale)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        if not self.built:
-            raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
-                "been created). You can build it via `optimizer.build(trainable_variables)`."
-            )
+        stateless.check_built(self)
         optimizer_variables = list(optimizer_variables)
         own, inner = optimizer_variables[:len(self._variables)], optimizer_variables[len(self._variables):]
         bk = self._backend

@@ -5,6 +5,15 @@ from __future__ import annotations
 from polyak.optimizers import parameters as params_mod
 
 
+def check_built(optimizer):
+    """A ``ValueError`` unless ``optimizer`` has been built (its variables exist)."""
+    if not optimizer.built:
+        raise ValueError(
+            f"To call `stateless_apply`, {type(optimizer).__name__} must be built (i.e. its variables must have "
+            "been created). You can build it via `optimizer.build(trainable_variables)`."
+        )
+
+
 def check_counts(optimizer, optimizer_variables, trainable_variables):
     """One value per optimizer variable and one per built weight, or a ``ValueError``."""
     if len(optimizer_variables) != len(optimizer._variables):
