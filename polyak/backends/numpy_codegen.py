@@ -23,20 +23,24 @@ from numba import carray, njit, prange
 from polyak.backends.numpy_kernels import _pointer_like
 '''
 
+# Each kernel walks the chunks in parallel: chunk ``c`` is elements ``start .. start + n`` of
+# tensor ``t``, its gradient is ``g`` and its optimizer state starts at flat index ``first``.
+_CHUNKS = '''    step = {like}.itemsize
+    for c in prange(chunk_tensor.size):
+        t = chunk_tensor[c]
+        start = chunk_start[c]
+        n = chunk_stop[c] - start
+        g = carray(_pointer_like(grad_addr[t] + start * step, {like}), n)
+        first = offsets[t] + start
+'''
+
 _STEP = '''
 
 @njit(parallel={parallel}, cache=True)
 def kernel(chunk_tensor, chunk_start, chunk_stop, param_addr, grad_addr, sizes, offsets,
            velocity, average, acc, decay, denominators,
            loss_scale, n_acc, clip_value, global_scale, lr, weight_decay, momentum, ema_m, ema_1m):
-    step = velocity.itemsize
-    for c in prange(chunk_tensor.size):
-        t = chunk_tensor[c]
-        start = chunk_start[c]
-        n = chunk_stop[c] - start
-        w = carray(_pointer_like(param_addr[t] + start * step, velocity), n)
-        g = carray(_pointer_like(grad_addr[t] + start * step, velocity), n)
-        first = offsets[t] + start
+{chunks}        w = carray(_pointer_like(param_addr[t] + start * step, velocity), n)
 {views}{loops}
 '''
 
@@ -45,14 +49,7 @@ _SUM_SQUARES = '''
 
 @njit(parallel={parallel}, cache=True)
 def kernel(chunk_tensor, chunk_start, chunk_stop, grad_addr, sizes, offsets, acc, loss_scale, n_acc, out):
-    step = acc.itemsize
-    for c in prange(chunk_tensor.size):
-        t = chunk_tensor[c]
-        start = chunk_start[c]
-        n = chunk_stop[c] - start
-        g = carray(_pointer_like(grad_addr[t] + start * step, acc), n)
-        first = offsets[t] + start
-        total = 0.0
+{chunks}        total = 0.0
         for i in range(n):
             x = g[i]
 {scale}{mean}            total += x * x
@@ -64,7 +61,8 @@ def sum_squares_source(parallel, mode, scaled):
     """Per chunk, the sum of squares (in float64) of the gradient the update will use."""
     scale = "            x = x / loss_scale\n" if scaled else ""
     mean = "            x = (x + acc[first + i]) / n_acc\n" if mode == FROM_ACCUMULATED else ""
-    return _HEADER + _SUM_SQUARES.format(parallel=parallel, scale=scale, mean=mean)
+    return _HEADER + _SUM_SQUARES.format(parallel=parallel, chunks=_CHUNKS.format(like="acc"), scale=scale,
+                                         mean=mean)
 
 
 def _body(mode, scaled, clip, decays, use_momentum, nesterov, use_ema, overwrite):
@@ -117,7 +115,8 @@ def kernel_source(parallel, mode, scaled, clip, any_decay, use_momentum, nestero
         loops = "\n".join(["        if decay[t]:", loop(True, 12), "        else:", loop(False, 12)])
     else:
         loops = loop(False, 8)
-    return _HEADER + _STEP.format(parallel=parallel, views=views, loops=loops)
+    return _HEADER + _STEP.format(parallel=parallel, chunks=_CHUNKS.format(like="velocity"), views=views,
+                                  loops=loops)
 
 
 def _cache_dir() -> Path:
