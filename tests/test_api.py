@@ -11,6 +11,7 @@ import keras  # noqa: E402
 
 import polyak  # noqa: E402
 from polyak import optimizers, schedules  # noqa: E402
+from user_schedules import Halving  # noqa: E402
 
 
 # --- golden values, computed by hand --------------------------------------------------
@@ -149,17 +150,6 @@ def test_schedule_values_and_configs_match_keras(name, kwargs):
 
 
 def test_registered_user_schedule_round_trips():
-    @polyak.register(package="tests")
-    class Halving(schedules.LearningRateSchedule):
-        def __init__(self, rate):
-            self.rate = rate
-
-        def __call__(self, step):
-            return np.float32(self.rate) / np.float32(2.0) ** np.float32(step)
-
-        def get_config(self):
-            return {"rate": self.rate}
-
     config = optimizers.serialize(polyak.SGD(learning_rate=Halving(0.5)))
     restored = optimizers.deserialize(config)
     assert isinstance(restored._learning_rate, Halving) and restored._learning_rate.rate == 0.5

@@ -12,6 +12,7 @@ import pytest
 import polyak
 from polyak import optimizers, schedules
 from polyak.saving import files
+from user_schedules import Halving
 
 
 def _lambda_config():
@@ -101,17 +102,6 @@ def test_a_class_of_the_wrong_kind_is_refused():
 
 
 def test_registered_classes_load_from_a_checkpoint(tmp_path):
-    @polyak.register(package="tests_safe")
-    class Halving(schedules.LearningRateSchedule):
-        def __init__(self, rate):
-            self.rate = rate
-
-        def __call__(self, step):
-            return np.float32(self.rate) / np.float32(2.0) ** np.float32(step)
-
-        def get_config(self):
-            return {"rate": self.rate}
-
     polyak.save(tmp_path / "run.ckpt", polyak.SGD(learning_rate=Halving(np.float32(0.5))))
     restored = polyak.load(tmp_path / "run.ckpt")
     assert isinstance(restored._learning_rate, Halving) and restored._learning_rate.rate == 0.5
