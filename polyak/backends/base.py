@@ -76,6 +76,10 @@ class Backend:
         """Run one branch on a scalar boolean; both branches return the same structure."""
         raise NotImplementedError
 
+    def add(self, a, b):
+        """``a + b`` elementwise, rounded once (the heavy-ball ``w + v``)."""
+        return a + b
+
     def increment(self, counter):
         """``counter + 1``, never overflowing."""
         return counter + 1

@@ -34,5 +34,5 @@ def sgd_update(bk, grads, params, velocities, learning_rate, momentum, nesterov)
         m = bk.scalar(momentum, w.dtype)
         v = velocities[i] * m - g * lr
         new_velocities.append(v)
-        new_params.append(w + (v * m - g * lr) if nesterov else w + v)
+        new_params.append(w + (v * m - g * lr) if nesterov else bk.add(w, v))
     return new_params, (None if velocities is None else new_velocities)
