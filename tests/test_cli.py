@@ -68,6 +68,8 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
 
     result = json.loads(report.read_text())["workloads"][0]
     assert result["workload"] == "W2" and result["results"]["polyak numpy"]["ms"] > 0
+    assert result["bandwidth_gb_s"] > 0 and result["floor_ms"] > 0
+    assert "polyak numpy" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

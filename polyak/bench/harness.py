@@ -2,8 +2,12 @@
 
 Every contender of a workload is set up first; then repetitions are
 interleaved (one step of each, in turn) so that machine noise hits all alike.
-Ratios are taken within the run: to ``torch fused`` and to the bandwidth floor
-(the bytes a step must move divided by the measured stream bandwidth).
+The order rotates each repetition: no contender always runs just after the
+same other one (whose idle threads may still be spinning on the cores). The
+stream-bandwidth probe takes its turn among them, so the floor (the bytes a
+step must move divided by the median measured bandwidth) is measured under the
+same conditions as the steps. Ratios are taken within the run: to
+``torch fused`` and to that floor.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import statistics
 import time
 import tracemalloc
 
-from polyak.bench.bandwidth import stream_bandwidth
+from polyak.bench.bandwidth import StreamProbe
 from polyak.bench.contenders import CONTENDERS, Unavailable
 from polyak.bench.workloads import WORKLOADS, bytes_moved
 
@@ -31,8 +35,11 @@ def _peak_step_bytes(step):
         tracemalloc.stop()
 
 
-def run_workload(workload, contenders, repeats, warmup, bandwidth, log=print):
-    steps, notes = {}, {}
+STREAM = "stream"  #: the bandwidth probe's place among the contenders
+
+
+def run_workload(workload, contenders, repeats, warmup, probe, log=print):
+    steps, notes = {STREAM: probe}, {}
     for name in contenders:
         try:
             steps[name] = CONTENDERS[name](workload)
@@ -41,11 +48,14 @@ def run_workload(workload, contenders, repeats, warmup, bandwidth, log=print):
         except Unavailable as why:
             notes[name] = str(why)
     times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    names = list(steps)
+    for repeat in range(repeats):
+        turn = repeat % len(names)
+        for name in names[turn:] + names[:turn]:
             start = time.perf_counter()
-            step()
+            steps[name]()
             times[name].append(time.perf_counter() - start)
+    bandwidth = probe.bandwidth(statistics.median(times.pop(STREAM)))
     floor = bytes_moved(workload) / bandwidth
     rows = {}
     reference = statistics.median(times["torch fused"]) if "torch fused" in times else None
@@ -64,16 +74,16 @@ def run_workload(workload, contenders, repeats, warmup, bandwidth, log=print):
     steps.clear()
     gc.collect()
     return {"workload": workload.key, "title": workload.title, "parameters": workload.parameters,
-            "tensors": len(workload.shapes), "floor_ms": floor * 1e3, "results": rows, "unavailable": notes}
+            "tensors": len(workload.shapes), "bandwidth_gb_s": bandwidth / 1e9, "floor_ms": floor * 1e3,
+            "results": rows, "unavailable": notes}
 
 
 def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=3, log=print):
     contenders = list(contenders or CONTENDERS)
-    bandwidth = stream_bandwidth()
-    log(f"stream bandwidth: {bandwidth / 1e9:.1f} GB/s")
-    report = {"machine": _machine(), "bandwidth_gb_s": bandwidth / 1e9, "workloads": []}
+    probe = StreamProbe()
+    report = {"machine": _machine(), "workloads": []}
     for key in workloads:
-        result = run_workload(WORKLOADS[key], contenders, repeats, warmup, bandwidth, log)
+        result = run_workload(WORKLOADS[key], contenders, repeats, warmup, probe, log)
         report["workloads"].append(result)
         log(format_table(result))
     return report
@@ -93,7 +103,8 @@ def _machine():
 
 def format_table(result):
     lines = [f"\n{result['workload']}: {result['title']} — {result['tensors']} tensors, "
-             f"{result['parameters'] / 1e6:.1f}M parameters, floor {result['floor_ms']:.2f} ms",
+             f"{result['parameters'] / 1e6:.1f}M parameters, floor {result['floor_ms']:.2f} ms "
+             f"(stream {result['bandwidth_gb_s']:.1f} GB/s)",
              f"  {'contender':<16}{'ms':>9}{'× torch fused':>15}{'× floor':>10}"]
     for name, row in result["results"].items():
         vs_torch = f"{row['vs_torch_fused']:.2f}" if row["vs_torch_fused"] else "—"

@@ -1,0 +1,49 @@
+"""The benchmark harness's bookkeeping (its timings are never asserted: machines are noisy)."""
+
+import pytest
+
+from polyak.bench import harness
+from polyak.bench.bandwidth import BYTES_PER_ELEMENT, StreamProbe
+from polyak.bench.workloads import WORKLOADS, bytes_moved
+
+
+class _Probe:
+    """A stand-in for the stream probe: records its turns, converts time as a 1 GB/s probe would."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __call__(self):
+        self.calls.append(harness.STREAM)
+
+    def bandwidth(self, seconds):
+        return 1e9
+
+
+def _recording(name, calls):
+    return lambda workload: (lambda: calls.append(name))
+
+
+def test_every_contender_runs_each_repeat_in_a_rotating_order(monkeypatch):
+    calls = []
+    names = ["a", "b", "c"]
+    monkeypatch.setattr(harness, "CONTENDERS", {n: _recording(n, calls) for n in names})
+    result = harness.run_workload(WORKLOADS["W2"], names, repeats=4, warmup=2, probe=_Probe(calls), log=None)
+
+    warmups, timed = calls[:2 * len(names)], calls[2 * len(names):]
+    assert warmups == ["a", "a", "b", "b", "c", "c"]
+    rounds = [timed[i:i + 4] for i in range(0, len(timed), 4)]
+    assert [r[0] for r in rounds] == [harness.STREAM, "a", "b", "c"]  # each takes the lead in turn
+    assert all(sorted(r) == sorted([harness.STREAM, *names]) for r in rounds)
+    assert set(result["results"]) == set(names)  # the probe is not a contender in the table
+    assert result["bandwidth_gb_s"] == 1.0
+    assert result["floor_ms"] == pytest.approx(bytes_moved(WORKLOADS["W2"]) / 1e9 * 1e3)
+
+
+def test_stream_probe_moves_what_it_claims():
+    probe = StreamProbe(n=1000)
+    before = probe.a.copy()
+    probe()
+    assert probe.bytes_per_call == BYTES_PER_ELEMENT * 1000
+    assert (probe.a > before).all()  # it really updates a in place
+    assert probe.bandwidth(0.5) == 2 * probe.bytes_per_call
