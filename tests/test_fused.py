@@ -116,3 +116,16 @@ def test_torch_cpu_tensors_take_the_fused_kernel_and_equal_the_reference(options
     by_norm = "clipnorm" in options or "global_clipnorm" in options
     for got, want in zip(run(True), run(False)):
         np.testing.assert_allclose(got, want, rtol=1e-6 if by_norm else 0, atol=1e-6 if by_norm else 0)
+
+
+def test_address_reader_over_mixed_dimensionalities():
+    from polyak.backends.numpy_kernels import AddressReader
+
+    rng = np.random.default_rng(0)
+    shapes = [[(3,), (2, 5), (2, 3, 4, 1)][i] for i in rng.integers(0, 3, size=41)]
+    arrays = [np.zeros(shape, np.float32) for shape in shapes]
+    read = AddressReader([len(s) for s in shapes])
+    assert list(read(arrays)) == [a.ctypes.data for a in arrays]
+    arrays[7] = np.zeros((2 * shapes[7][0],) + shapes[7][1:], np.float32)[::2]  # a strided view
+    found = read(arrays)
+    assert found[7] == -1 and (np.delete(found, 7) >= 0).all()

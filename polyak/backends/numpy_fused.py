@@ -51,17 +51,20 @@ class NumpyMemory:
         return dtype if ok else None
 
     @staticmethod
-    def addresses(values, dtype, shapes):
-        """Addresses of C-contiguous arrays of ``dtype`` and ``shapes``, or None."""
-        try:
-            if [g.shape for g in values] != shapes:
+    def address_reader(dtype, shapes):
+        """A function of a list of arrays: their addresses if all are C-contiguous arrays of
+        ``dtype`` and ``shapes``, else None."""
+        read = kernels.AddressReader([len(shape) for shape in shapes])
+
+        def addresses(values):
+            if len(values) != len(shapes) or not all(
+                type(g) is np.ndarray and g.dtype is dtype and g.shape == shape for g, shape in zip(values, shapes)
+            ):
                 return None
-        except AttributeError:
-            return None
-        if not all(type(g) is np.ndarray and g.dtype is dtype for g in values):
-            return None
-        found = kernels.addresses(values)
-        return None if (found < 0).any() else found
+            found = read(values)
+            return None if (found < 0).any() else found
+
+        return addresses
 
     @staticmethod
     def wrap(view):
@@ -95,7 +98,8 @@ class FusedSGD:
         self.decay = np.array(decay_mask, np.uint8)
         self._native_dtype = dtype
         self._native_shapes = [w.shape for w in self.weights]
-        self.weight_addresses = memory.addresses(self.weights, dtype, self._native_shapes)
+        self._read_addresses = memory.address_reader(dtype, self._native_shapes)
+        self.weight_addresses = self._read_addresses(self.weights)
         empty = np.zeros(0, self.dtype)
         self.velocity = self._pack(velocities) if velocities else empty
         self.average = self._pack(averages) if averages else empty
@@ -122,7 +126,7 @@ class FusedSGD:
     def gradient_addresses(self, grads):
         """The gradients' addresses, or None unless every gradient is a contiguous array of
         the weights' kind, dtype and shape."""
-        return self.memory.addresses(grads, self._native_dtype, self._native_shapes)
+        return self._read_addresses(grads)
 
     def sum_squares(self, grad_addresses, mode, loss_scale, accumulation_steps):
         """Per tensor, the sum of squares of the gradient the update will use (float64)."""

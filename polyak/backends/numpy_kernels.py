@@ -11,6 +11,8 @@ the reference step's; only norms (for clipping) are summed in another order.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
@@ -33,21 +35,40 @@ def _address(a):
 
 
 @njit(cache=True)
-def _addresses8(a, b, c, d, e, f, g, h):
-    return (_address(a), _address(b), _address(c), _address(d),
-            _address(e), _address(f), _address(g), _address(h))
+def _addresses16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (_address(a0), _address(a1), _address(a2), _address(a3), _address(a4), _address(a5), _address(a6),
+            _address(a7), _address(a8), _address(a9), _address(a10), _address(a11), _address(a12),
+            _address(a13), _address(a14), _address(a15))
 
 
-def addresses(arrays):
-    """Data addresses of arrays, read eight at a time inside numba; -1 for an array
-    that is not C-contiguous."""
-    out = np.empty(len(arrays), np.int64)
-    n8 = len(arrays) - len(arrays) % 8
-    for i in range(0, n8, 8):
-        out[i:i + 8] = _addresses8(*arrays[i:i + 8])
-    for i in range(n8, len(arrays)):
-        out[i] = _address(arrays[i])
-    return out
+class AddressReader:
+    """Reads the data addresses of a list of arrays laid out like ``ndims``, sixteen per call into numba.
+
+    Arrays of one dimensionality share a call, the last call of each padded with
+    repeats, so numba compiles one variant per dimensionality rather than one per
+    mix. An address is -1 for an array that is not C-contiguous.
+    """
+
+    GROUP = 16
+
+    def __init__(self, ndims):
+        by_ndim = {}
+        for i, ndim in enumerate(ndims):
+            by_ndim.setdefault(ndim, []).append(i)
+        self._getters = []
+        #: where array i's address lands in the concatenated results of the calls
+        self._take = np.empty(len(ndims), np.int64)
+        for members in by_ndim.values():
+            for first in range(0, len(members), self.GROUP):
+                group = members[first:first + self.GROUP]
+                self._take[group] = self.GROUP * len(self._getters) + np.arange(len(group))
+                self._getters.append(operator.itemgetter(*group, *[group[0]] * (self.GROUP - len(group))))
+
+    def __call__(self, arrays):
+        found = []
+        for get in self._getters:
+            found += _addresses16(*get(arrays))
+        return np.array(found, np.int64)[self._take]
 
 
 #: Threads pay off once a step touches enough memory; below that a serial loop wins.

@@ -27,16 +27,21 @@ class TorchCPUMemory:
         return _DTYPES[dtype] if ok else None
 
     @staticmethod
-    def addresses(values, dtype, shapes):
+    def address_reader(dtype, shapes):
         torch_dtype = next(t for t, d in _DTYPES.items() if d == dtype)
-        try:
-            if [t.shape for t in values] != shapes:
+
+        def addresses(values):
+            try:
+                if len(values) != len(shapes) or not all(
+                    t.shape == shape and t.dtype is torch_dtype and t.is_contiguous() and t.device.type == "cpu"
+                    for t, shape in zip(values, shapes)
+                ):
+                    return None
+                return np.array([t.data_ptr() for t in values], np.int64)
+            except AttributeError:
                 return None
-            if not all(t.dtype is torch_dtype and t.is_contiguous() and t.device.type == "cpu" for t in values):
-                return None
-            return np.array([t.data_ptr() for t in values], np.int64)
-        except AttributeError:
-            return None
+
+        return addresses
 
     @staticmethod
     def wrap(view):

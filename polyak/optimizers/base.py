@@ -456,7 +456,7 @@ class Optimizer(StatePersistence):
             return
         known = self._trainable_variables_indices
         if self.built:
-            if any(id(v) not in known for v in variables):
+            if variables is not self._trainable_variables and any(id(v) not in known for v in variables):
                 params_mod.check_parameters(variables, structure.paths)
                 self._check_variables_are_known(variables)
             if fast_path.try_apply(self, variables, grads):
