@@ -47,3 +47,11 @@ def test_stream_probe_moves_what_it_claims():
     assert probe.bytes_per_call == BYTES_PER_ELEMENT * 1000
     assert (probe.a > before).all()  # it really updates a in place
     assert probe.bandwidth(0.5) == 2 * probe.bytes_per_call
+
+
+def test_keras_is_timed_alone_after_the_interleaved_rounds(monkeypatch):
+    calls = []
+    names = ["a", "keras (numpy)", "b"]
+    monkeypatch.setattr(harness, "CONTENDERS", {n: _recording(n, calls) for n in names})
+    harness.run_workload(WORKLOADS["W2"], names, repeats=3, warmup=0, probe=_Probe(calls), log=None)
+    assert "keras (numpy)" not in calls[:9] and calls[9:] == ["keras (numpy)"] * 3

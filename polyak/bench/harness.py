@@ -6,8 +6,9 @@ The order rotates each repetition: no contender always runs just after the
 same other one (whose idle threads may still be spinning on the cores). The
 stream-bandwidth probe takes its turn among them, so the floor (the bytes a
 step must move divided by the median measured bandwidth) is measured under the
-same conditions as the steps. Ratios are taken within the run: to
-``torch fused`` and to that floor.
+same conditions as the steps. Keras on NumPy, whose full-size temporaries
+disturb its neighbours, is timed alone after them (``SOLO``). Ratios are
+taken within the run: to ``torch fused`` and to that floor.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _peak_step_bytes(step):
 
 STREAM = "stream"  #: the bandwidth probe's place among the contenders
 
+#: Timed on their own after the others: Keras on NumPy allocates and frees full-size
+#: temporaries every step (gigabytes on W4), and that churn slows whatever runs next.
+SOLO = {"keras (numpy)"}
+
+
+def _time(step, samples):
+    start = time.perf_counter()
+    step()
+    samples.append(time.perf_counter() - start)
+
 
 def run_workload(workload, contenders, repeats, warmup, probe, log=print):
     steps, notes = {STREAM: probe}, {}
@@ -48,13 +59,15 @@ def run_workload(workload, contenders, repeats, warmup, probe, log=print):
         except Unavailable as why:
             notes[name] = str(why)
     times = {name: [] for name in steps}
-    names = list(steps)
+    names = [name for name in steps if name not in SOLO]
     for repeat in range(repeats):
         turn = repeat % len(names)
         for name in names[turn:] + names[:turn]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
+            _time(steps[name], times[name])
+    for name in steps:
+        if name in SOLO:
+            for _ in range(repeats):
+                _time(steps[name], times[name])
     bandwidth = probe.bandwidth(statistics.median(times.pop(STREAM)))
     floor = bytes_moved(workload) / bandwidth
     rows = {}
