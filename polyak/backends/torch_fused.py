@@ -31,15 +31,17 @@ class TorchCPUMemory:
         torch_dtype = next(t for t, d in _DTYPES.items() if d == dtype)
 
         def addresses(values):
+            if len(values) != len(shapes):
+                return None
+            found = []
             try:
-                if len(values) != len(shapes) or not all(
-                    t.shape == shape and t.dtype is torch_dtype and t.is_contiguous() and t.device.type == "cpu"
-                    for t, shape in zip(values, shapes)
-                ):
-                    return None
-                return np.array([t.data_ptr() for t in values], np.int64)
+                for t, shape in zip(values, shapes):
+                    if not (t.is_cpu and t.dtype is torch_dtype and t.shape == shape and t.is_contiguous()):
+                        return None
+                    found.append(t.data_ptr())
             except AttributeError:
                 return None
+            return np.array(found, np.int64)
 
         return addresses
 
