@@ -106,6 +106,7 @@ def _machine():
     import os
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    os.environ.setdefault("KERAS_BACKEND", "numpy")  # as the Keras contender runs it
     for package in ("numpy", "numba", "torch", "jax", "optax", "keras"):
         try:
             info[package] = __import__(package).__version__
