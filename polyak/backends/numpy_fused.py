@@ -96,9 +96,7 @@ class FusedSGD:
         self.sizes = np.array([int(np.prod(shape)) for shape in self.shapes], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.decay = np.array(decay_mask, np.uint8)
-        self._native_dtype = dtype
-        self._native_shapes = [w.shape for w in self.weights]
-        self._read_addresses = memory.address_reader(dtype, self._native_shapes)
+        self._read_addresses = memory.address_reader(dtype, [w.shape for w in self.weights])
         self.weight_addresses = self._read_addresses(self.weights)
         empty = np.zeros(0, self.dtype)
         self.velocity = self._pack(velocities) if velocities else empty
