@@ -104,13 +104,13 @@ def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=
 
 def _machine():
     import os
+    from importlib import metadata
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    os.environ.setdefault("KERAS_BACKEND", "numpy")  # as the Keras contender runs it
     for package in ("numpy", "numba", "torch", "jax", "optax", "keras"):
-        try:
-            info[package] = __import__(package).__version__
-        except ImportError:
+        try:  # the installed version, without importing the framework
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             pass
     return info
 
