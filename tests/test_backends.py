@@ -73,6 +73,11 @@ RUNS = {"numpy": _numpy_run, "torch": _torch_run, "jax": _jax_run}
 
 
 # --- the backend follows the arrays, and nothing is imported before ------------------------------
+def _python(code, env=None):
+    """What ``code`` prints, run by a fresh interpreter (a fresh set of imports)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+
+
 def test_importing_polyak_imports_neither_torch_nor_jax():
     code = (
         "import sys, numpy as np, polyak\n"
@@ -81,8 +86,7 @@ def test_importing_polyak_imports_neither_torch_nor_jax():
         "assert w[0] != 0\n"
         "print(sorted(m for m in ('torch', 'jax', 'array_api_compat') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
 
 
 def test_polyak_works_with_neither_framework_installed():
@@ -95,8 +99,7 @@ def test_polyak_works_with_neither_framework_installed():
         "polyak.SGD(learning_rate=polyak.schedules.ExponentialDecay(0.1, 2, 0.5)).apply([np.ones(2)], [w])\n"
         "print(np.allclose(w, -0.1, rtol=1e-7))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert _python(code).strip() == "True"
 
 
 @pytest.mark.parametrize("make,name", [
@@ -280,9 +283,9 @@ def test_jax_arrays_on_different_devices_are_refused():
         "    print(error, opt.built)\n"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert "must be on the same devices" in out.stdout and "'variable_1' is on ['cpu:1']" in out.stdout
-    assert out.stdout.strip().endswith("False")
+    out = _python(code, env=env)
+    assert "must be on the same devices" in out and "'variable_1' is on ['cpu:1']" in out
+    assert out.strip().endswith("False")
 
 
 def test_a_plain_jax_array_in_apply_points_to_stateless_apply_or_variable():
@@ -343,8 +346,7 @@ def test_int64_counter_with_jax_enable_x64():
         "_, values = jax.jit(opt.stateless_apply)(values, [jnp.ones(2, jnp.float64)], [jnp.zeros(2, jnp.float64)])\n"
         "print(values[0].dtype, int(values[0]) - 2**40, values[2].dtype)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["int64", "1", "float64"]
+    assert _python(code).split() == ["int64", "1", "float64"]
 
 
 # --- the same run everywhere; state moves between backends ------------------------------------------
