@@ -12,6 +12,7 @@ from typing import Any
 
 _BUILTINS: dict[str, dict[str, type]] = {}  # kind -> {class name (any case): class}
 _REGISTERED: dict[str, type] = {}  # "package>name" -> class
+_BASES: dict[str, type] = {}  # kind -> the class its objects derive from (declared by that class)
 
 
 def builtin(kind: str, module: str):
@@ -57,17 +58,20 @@ def serialize(obj) -> dict[str, Any]:
     }
 
 
+def base_class(kind: str):
+    """Class decorator: the class every serialized ``kind`` object must derive from."""
+
+    def decorate(cls):
+        _BASES[kind] = cls
+        return cls
+
+    return decorate
+
+
 def _base_class(kind: str) -> type:
-    """The class every ``kind`` object derives from (imported here: it imports this module)."""
-    if kind == "optimizer":
-        from polyak.optimizers.base import Optimizer
-
-        return Optimizer
-    if kind == "schedule":
-        from polyak.schedules.learning_rate_schedule import LearningRateSchedule
-
-        return LearningRateSchedule
-    raise ValueError(f"Unknown kind of serialized object: {kind!r}")
+    if kind not in _BASES:
+        raise ValueError(f"Unknown kind of serialized object: {kind!r}")
+    return _BASES[kind]
 
 
 def resolve(kind: str, config: dict, custom_objects: dict | None = None) -> type:

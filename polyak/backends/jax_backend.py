@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from polyak.backends import dtype_name, host_array
+from polyak.backends.kinds import dtype_name, host_array
 from polyak.backends.base import Backend
 
 

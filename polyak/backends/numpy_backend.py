@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from polyak.backends.base import Backend
+from polyak.backends.kinds import host_array
 
 
 def _numpy_dtype(spec):
@@ -27,15 +28,11 @@ class NumpyBackend(Backend):
     def asarray(self, value, dtype=None):
         if isinstance(value, np.ndarray) and dtype is None:
             return value
-        from polyak.backends import host_array
-
         return np.asarray(host_array(value, transfer=True), dtype=_numpy_dtype(dtype))
 
     def convert(self, value, what):
         if isinstance(value, np.ndarray):
             return value
-        from polyak.backends import host_array
-
         converted = host_array(value)
         if converted is None:
             raise TypeError(

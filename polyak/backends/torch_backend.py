@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from array_api_compat import torch as xp
 
-from polyak.backends import dtype_name, host_array, kind_of
+from polyak.backends.kinds import dtype_name, host_array, kind_of
 from polyak.backends.base import Backend
 
 _KINDS = {torch.bool: "b", torch.uint8: "u", torch.uint16: "u", torch.uint32: "u", torch.uint64: "u"}

@@ -14,7 +14,7 @@ import re
 import warnings
 from typing import NamedTuple
 
-from polyak import validation
+from polyak import serialization, validation
 from polyak.backends import NUMPY, backend_for
 from polyak.core.state import OptimizerState, StepPlan
 from polyak.core.step import apply_step
@@ -41,6 +41,7 @@ class PerWeight(NamedTuple):
     special: bool
 
 
+@serialization.base_class("optimizer")
 class Optimizer(StatePersistence):
     """Base class of polyak's optimizers, with Keras 3's constructor and methods.
 

@@ -11,6 +11,7 @@ from polyak.schedules import functions
 _MODULE = "keras.optimizers.schedules"
 
 
+@serialization.base_class("schedule")
 class LearningRateSchedule:
     """A learning rate as a function of the optimizer step.
 
