@@ -22,10 +22,6 @@ def _standard_dtype(backend, dtype):
 
 
 class Variable:
-    #: Bumped whenever any variable's ``constraint`` or ``overwrite_with_gradient``
-    #: changes, so optimizers can cache what they read from them.
-    _settings_version = 0
-
     """A named array that the optimizer reads and assigns.
 
     Args:
@@ -67,6 +63,9 @@ class Variable:
         self._name = name
         self._path = f"{_scope}/{name}" if _scope else name
         self._trainable = bool(trainable)
+        #: bumped whenever ``constraint`` or ``overwrite_with_gradient`` changes, so an
+        #: optimizer can cache what it reads from them
+        self._settings_version = 0
         self.constraint = None
         self.overwrite_with_gradient = False
 
@@ -115,7 +114,7 @@ class Variable:
         if value is not None and not callable(value):
             validation.fail("constraint", value, "a callable or None", TypeError)
         self._constraint = value
-        Variable._settings_version += 1
+        self._settings_version += 1
 
     @property
     def overwrite_with_gradient(self):
@@ -124,7 +123,7 @@ class Variable:
     @overwrite_with_gradient.setter
     def overwrite_with_gradient(self, value):
         self._overwrite_with_gradient = validation.boolean("overwrite_with_gradient", value)
-        Variable._settings_version += 1
+        self._settings_version += 1
 
     # --- writing -------------------------------------------------------------
     def _move_to(self, backend, dtype=None):

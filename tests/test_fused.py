@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import polyak
-from polyak.backends import numpy_fused
+from polyak.tiers import cpu_fused
 
-pytestmark = pytest.mark.skipif(not numpy_fused.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="numba is not installed")
 
 OPTIONS = [
     dict(momentum=m, nesterov=n, **clip, **extra)
@@ -33,7 +33,7 @@ def _run(options, dtype, fused, steps=7, chunked=False):
         opt.fused = False
     for _ in range(steps):
         opt.apply([rng.normal(size=s).astype(dtype) for s in shapes], weights)
-    assert (opt._fused not in (None, False)) == fused
+    assert (opt._last_tier == "cpu_fused") == fused
     return weights, [v.numpy() for v in opt.variables]
 
 
@@ -59,9 +59,9 @@ def test_state_variables_are_views_of_flat_buffers_after_the_first_step():
     opt = polyak.SGD(momentum=0.9)
     opt.apply([np.ones((2, 2), np.float32), np.ones(3, np.float32)], w)
     momentum = opt.momentums[1]
-    assert momentum.value.base is opt._fused.velocity
+    assert momentum.value.base is opt._tier_cache.buffers["momentum"]
     opt.set_weights([np.int64(0), np.float32(0.1), np.zeros((2, 2)), np.full(3, 5.0)])
-    np.testing.assert_array_equal(opt._fused.velocity[4:], 5.0)
+    np.testing.assert_array_equal(opt._tier_cache.buffers["momentum"][4:], 5.0)
 
 
 @pytest.mark.parametrize("case", ["non-contiguous gradient", "float64 gradient", "None gradient",
@@ -110,7 +110,7 @@ def test_torch_cpu_tensors_take_the_fused_kernel_and_equal_the_reference(options
         opt.fused = fused
         for _ in range(6):
             opt.apply([torch.randn(p.shape, generator=gen) for p in params], params)
-        assert (type(opt._fused).__name__ == "FusedSGD") == fused
+        assert (opt._last_tier == "cpu_fused") == fused
         return [p.detach().numpy().copy() for p in params] + [v.numpy() for v in opt.variables]
 
     by_norm = "clipnorm" in options or "global_clipnorm" in options
@@ -119,7 +119,7 @@ def test_torch_cpu_tensors_take_the_fused_kernel_and_equal_the_reference(options
 
 
 def test_address_reader_over_mixed_dimensionalities():
-    from polyak.backends.numpy_kernels import AddressReader
+    from polyak.tiers.cpu_kernels import AddressReader
 
     rng = np.random.default_rng(0)
     shapes = [[(3,), (2, 5), (2, 3, 4, 1)][i] for i in rng.integers(0, 3, size=41)]

@@ -164,7 +164,7 @@ def test_the_guarded_step_traces_under_jax_jit():
     opt.build(_weights())
     plan, bk = opt._plan(), JaxKernels()
     values = [jnp.asarray(v.numpy(), jnp.int32 if v.dtype == "int64" else None) for v in opt.variables]
-    state = opt._state_from(values)
+    state = opt.state_roles.state_from(opt.variables, values)
     params = [jnp.asarray(w) for w in _weights()]
     traces = []
 

@@ -19,13 +19,36 @@ class OptimizerState(NamedTuple):
     skipped: Any = None  #: steps skipped for non-finite gradients, int64; None unless ``skip_nonfinite``
 
 
-#: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists.
+#: ``rule(bk, grads, params, slots, learning_rate) -> (params, slots)`` on lists. A rule that
+#: a fused kernel can run also has ``kernel_lines()`` and ``kernel_scalars(dtype_cast)``
+#: (see :class:`polyak.core.momentum.MomentumRule`).
 UpdateRule = Callable[[Any, list, list, tuple, Any], tuple]
+
+
+class LocalSquares:
+    """How per-tensor sums of squares become the norms clipping divides by: on one
+    process, as they are. :class:`polyak.distributed.ShardedOptimizer` supplies one that
+    sums them over the ranks holding pieces of the same tensors."""
+
+    def per_tensor(self, xp, squares):
+        """Each tensor's full sum of squares, from the list of this process's sums."""
+        return squares
+
+    def total(self, xp, squares):
+        """The sum over every tensor (summed per tensor first, as Keras does)."""
+        return xp.sum(xp.stack(squares))
+
+
+LOCAL_SQUARES = LocalSquares()
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Everything fixed about a step once the optimizer is built."""
+    """Everything fixed about a step once the optimizer is built.
+
+    The hyperparameter fields are named as the optimizer's arguments are
+    (``polyak.optimizers.hyperparameters.STEP``), and copied from it.
+    """
 
     rule: UpdateRule
     #: ``learning_rate(raw_iteration, stored_rate) -> scalar``
@@ -41,5 +64,6 @@ class StepPlan:
     ema_momentum: float = 0.99
     ema_overwrite_frequency: Optional[int] = None
     loss_scale_factor: Optional[float] = None
-    accumulation_steps: Optional[int] = None
+    gradient_accumulation_steps: Optional[int] = None
     skip_nonfinite: bool = False  #: a step with any inf/NaN gradient changes nothing but ``skipped``
+    squares: LocalSquares = LOCAL_SQUARES  #: how norms for clipping are summed

@@ -15,8 +15,8 @@ Everything in the step is elementwise except two things, which are made global h
 ``global_clipnorm`` scales by ``c * min(1/N, 1/c)`` with ``N^2 = sum_r ||g_slice_r||^2``
 (one all-reduce of a scalar) and ``clipnorm`` by ``c / max(||g_t||, c)`` with each tensor's
 squared norm summed over its pieces on all ranks (one all-reduce of a vector with an entry per
-tensor). Both are computed inside the update rule, i.e. after accumulation, where Keras clips, so
-the slice optimizer itself is built without clipping. With ``skip_nonfinite`` the ranks agree on
+tensor). Both enter the clipping stage through the step plan's ``squares`` (``_RankSquares``),
+after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on
 whether any gradient anywhere is non-finite before stepping, so they skip together.
 
 Weight-decay exclusions given by ``var_list`` carry over to the pieces of those tensors.
@@ -26,13 +26,10 @@ own format, so they load on any number of ranks, or into a plain optimizer on on
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.distributed as dist
 
 import polyak
-from polyak.core import clipping
 from polyak.distributed.layout import FlatLayout
 from polyak.optimizers.base import Optimizer
 
@@ -97,15 +94,12 @@ class ShardedOptimizer:
         self._slice = self._flat([p.detach() for p in params])[lo:lo + layout.shard_size].clone()
         self._views = [self._slice[pc.local:pc.local + pc.stop - pc.start] for pc in pieces]
 
-        self.shard = type(self.optimizer).from_config({**self.optimizer.get_config(), "clipnorm": None,
-                                                       "global_clipnorm": None})
-        self.shard.fused = False
+        self.shard = type(self.optimizer).from_config(self.optimizer.get_config())
+        self.shard._norm_squares = _RankSquares(self.pieces, len(params), process_group=self.process_group)
         excluded = self.optimizer._exclude_ids
         self.shard.exclude_from_weight_decay(
             var_list=[v for v, pc in zip(self._views, pieces) if id(params[pc.tensor]) in excluded])
         self.shard.build(self._views)
-        slice_plan = self.shard._plan
-        self.shard._plan = lambda: self._clipped(slice_plan())  # the slice optimizer clips globally
         self.built = True
 
     def _check_same_everywhere(self, checksum):
@@ -120,31 +114,6 @@ class ShardedOptimizer:
     def _flat(self, tensors):
         flat = torch.cat([t.reshape(-1) for t in tensors])
         return torch.nn.functional.pad(flat, (0, self.layout.padded_size - flat.numel()))
-
-    # --- clipping over all ranks ---------------------------------------------------------
-    def _clipped(self, plan):
-        c_norm, c_global = self.optimizer.clipnorm, self.optimizer.global_clipnorm
-        if not (c_norm or c_global):
-            return plan
-        rule = plan.rule
-
-        def clipped_rule(bk, grads, params, slots, learning_rate):
-            xp = bk.xp
-            if c_global:
-                squares = torch.stack([xp.sum(xp.square(g)) for g in grads]).sum().reshape(1)
-                dist.all_reduce(squares, group=self.process_group)
-                scale = clipping.global_scale(xp, xp.sqrt(squares[0]), c_global)
-                grads = [g * scale for g in grads]
-            else:
-                squares = torch.zeros(len(self.params), dtype=grads[0].dtype)
-                for g, pc in zip(grads, self.pieces):
-                    squares[pc.tensor] += xp.sum(xp.square(g))
-                dist.all_reduce(squares, group=self.process_group)
-                norms = xp.sqrt(squares)
-                grads = [(g * c_norm) / xp.maximum(norms[pc.tensor], c_norm) for g, pc in zip(grads, self.pieces)]
-            return rule(bk, grads, params, slots, learning_rate)
-
-        return dataclasses.replace(plan, rule=clipped_rule)
 
     # --- the step ---------------------------------------------------------------------
     def apply(self, grads):
@@ -191,12 +160,11 @@ class ShardedOptimizer:
 
     @staticmethod
     def _kinds(opt):
-        return [opt._averages, opt._accumulators, *opt._slot_variables()]
+        return [group for _, group in opt.state_roles.per_weight]
 
     @staticmethod
     def _scalars(opt):
-        pairs = [opt._iterations, opt._skipped_steps]
-        return pairs + [opt._learning_rate if isinstance(opt._learning_rate, polyak.Variable) else None]
+        return [v for _, v in opt.state_roles.scalars()]
 
     def unsharded(self):
         """A plain optimizer built on the parameters and holding the whole state (gathered; every rank calls it)."""
@@ -233,3 +201,23 @@ class ShardedOptimizer:
         for mine, whole in zip(self._scalars(self.shard), self._scalars(full)):
             if mine is not None:
                 mine.assign(whole.value)
+
+
+class _RankSquares:
+    """Norms for clipping over the whole tensors: this rank's pieces' sums of squares are
+    added over the ranks (one all-reduce of a vector with an entry per tensor, or of a scalar)."""
+
+    def __init__(self, pieces, n_tensors, process_group):
+        self.pieces, self.n_tensors, self.process_group = pieces, n_tensors, process_group
+
+    def per_tensor(self, xp, squares):
+        totals = torch.zeros(self.n_tensors, dtype=squares[0].dtype)
+        for s, pc in zip(squares, self.pieces):
+            totals[pc.tensor] += s.reshape(())
+        dist.all_reduce(totals, group=self.process_group)
+        return [totals[pc.tensor].reshape(s.shape) for s, pc in zip(squares, self.pieces)]
+
+    def total(self, xp, squares):
+        total = torch.stack(squares).sum().reshape(1)
+        dist.all_reduce(total, group=self.process_group)
+        return total[0]

@@ -11,16 +11,9 @@ and the growth counter restarts.
 from __future__ import annotations
 
 from polyak import serialization, validation
-from polyak.optimizers import parameters as params_mod
-from polyak.optimizers import stateless
+from polyak.core import nonfinite
+from polyak.optimizers import hyperparameters
 from polyak.optimizers.base import Optimizer
-from polyak.optimizers.gradients import check_gradients
-
-_BASE_DEFAULTS = {
-    "weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
-    "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
-    "gradient_accumulation_steps": None,
-}
 
 
 @serialization.builtin("optimizer", "keras.optimizers")
@@ -43,10 +36,11 @@ class LossScaleOptimizer(Optimizer):
                 "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set `loss_scale_factor` "
                 "directly on the `inner_optimizer`."
             )
-        for arg, default in _BASE_DEFAULTS.items():
-            if arg in kwargs and kwargs.pop(arg) != default:
+        for row in hyperparameters.BASE:
+            if row.name in kwargs and kwargs.pop(row.name) != row.default:
                 raise ValueError(
-                    f"LossScaleOptimizer does not support `{arg}`. Instead, set `{arg}` on the `inner_optimizer`."
+                    f"LossScaleOptimizer does not support `{row.name}`. Instead, set `{row.name}` on the "
+                    "`inner_optimizer`."
                 )
         if kwargs:
             raise ValueError(f"LossScaleOptimizer does not support arguments: `{'`, `'.join(kwargs)}`.")
@@ -102,50 +96,27 @@ class LossScaleOptimizer(Optimizer):
             lambda: (bk.zeros_like(counter), scale * 0.5),
         )
 
-    def _unscaled(self, bk, grads, variables, scale):
+    def _unscaled(self, grads, scale):
         return [g if g is None or getattr(v, "overwrite_with_gradient", False) else g / scale
-                for g, v in zip(grads, variables)]
+                for g, v in zip(grads, self._trainable_variables)]
 
-    @staticmethod
-    def _all_finite(bk, grads):
-        xp = bk.xp
-        flags = [xp.all(xp.isfinite(g)) for g in grads if g is not None]
-        return xp.all(xp.stack(flags)) if flags else xp.asarray(True)
-
-    def apply(self, grads, trainable_variables=None):
-        grads = list(grads)
-        if not self.built:
-            self.build(params_mod.check_parameters(trainable_variables))
-        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
-        self.inner_optimizer._check_variables_are_known(variables)
-        bk = self._backend
-        grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables],
-                                [params_mod.path_of(v, i) for i, v in enumerate(variables)])
-        with bk.step_context():
-            finite = self._all_finite(bk, grads)
-        if bool(finite):
-            self.inner_optimizer.apply(self._unscaled(bk, grads, variables, self.dynamic_scale.value), variables)
-        counter, scale = self._next_scale(bk, finite, self.step_counter.value, self.dynamic_scale.value)
-        self.step_counter.assign(counter)
-        self.dynamic_scale.assign(scale)
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        stateless.check_built(self)
-        optimizer_variables = list(optimizer_variables)
-        own, inner = optimizer_variables[:len(self._variables)], optimizer_variables[len(self._variables):]
-        bk = self._backend
+    def _step(self, param_values, optimizer_values, grads):
+        """The inner optimizer's pure step on the unscaled gradients, guarded: when any
+        gradient holds an inf or NaN, nothing of the inner optimizer moves. ``apply`` and
+        ``stateless_apply`` (under ``jax.jit`` too) both run this."""
+        own, inner = optimizer_values[:len(self._variables)], optimizer_values[len(self._variables):]
         position = {id(v): k for k, v in enumerate(self._variables)}
         counter, scale = own[position[id(self.step_counter)]], own[position[id(self.dynamic_scale)]]
-        grads = list(grads)
+        bk = self._backend
         with bk.step_context():
-            finite = self._all_finite(bk, grads)
-            unscaled = self._unscaled(bk, grads, self._trainable_variables, scale)
+            finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])
             params, inner = bk.cond(
                 finite,
-                lambda: self.inner_optimizer.stateless_apply(inner, unscaled, trainable_variables),
-                lambda: (list(trainable_variables), list(inner)),
+                lambda: self.inner_optimizer._step(param_values, inner, self._unscaled(grads, scale)),
+                lambda: (list(param_values), list(inner)),
             )
             counter, scale = self._next_scale(bk, finite, counter, scale)
+        own = list(own)
         own[position[id(self.step_counter)]] = counter
         own[position[id(self.dynamic_scale)]] = scale
         return params, own + list(inner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+from polyak.optimizers import hyperparameters
 from polyak.schedules import LearningRateSchedule
 from polyak.schedules import deserialize as deserialize_schedule
 from polyak.schedules import serialize as serialize_schedule
@@ -31,23 +32,8 @@ class StatePersistence:
                 f"Optimizer '{self.name}' has a callable learning rate ({lr!r}), which cannot be serialized. "
                 "Use a float or a LearningRateSchedule (registered with polyak.register if it is your own)."
             )
-        config = {
-            "name": self.name,
-            "learning_rate": learning_rate,
-            "weight_decay": self.weight_decay,
-            "clipnorm": self.clipnorm,
-            "global_clipnorm": self.global_clipnorm,
-            "clipvalue": self.clipvalue,
-            "use_ema": self.use_ema,
-            "ema_momentum": self.ema_momentum,
-            "ema_overwrite_frequency": self.ema_overwrite_frequency,
-            "loss_scale_factor": self.loss_scale_factor,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-        }
-        if self.master_weights:  # polyak's own options appear only when on, so configs stay Keras's
-            config["master_weights"] = True
-        if self.skip_nonfinite:  # polyak's own option: absent when off, so configs stay Keras's
-            config["skip_nonfinite"] = True
+        config = {"name": self.name, "learning_rate": learning_rate}
+        config.update(hyperparameters.config_of(hyperparameters.BASE, self))
         return config
 
     @classmethod

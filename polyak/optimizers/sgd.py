@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from polyak import serialization, validation
-from polyak.core.momentum import sgd_update
+from polyak.core.momentum import MomentumRule
 from polyak.optimizers.base import Optimizer
 
 
@@ -53,6 +53,7 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.nesterov = nesterov
         self.momentums = []
+        self._rule = MomentumRule(momentum, nesterov)
 
     def _build_slots(self, variables):
         """One ``momentum`` (velocity) per weight when momentum != 0."""
@@ -61,15 +62,13 @@ class SGD(Optimizer):
     def _slot_variables(self):
         return (self.momentums,) if self.momentum != 0 else ()
 
-    def _fused_hyperparameters(self):
-        return self.momentum, self.nesterov
+    def _slot_names(self):
+        return self._rule.slot_names
 
-    def _update_rule(self, bk, grads, params, slots, learning_rate):
-        velocities = slots[0] if slots else None
-        new_params, new_velocities = sgd_update(
-            bk, grads, params, velocities, learning_rate, self.momentum, self.nesterov
-        )
-        return new_params, (() if new_velocities is None else (new_velocities,))
+    @property
+    def _update_rule(self):
+        """SGD's rule (:class:`polyak.core.momentum.MomentumRule`), which the fused tiers can also run."""
+        return self._rule
 
     def get_config(self):
         config = super().get_config()

@@ -46,22 +46,7 @@ def optimizer_keys(optimizer) -> list[str]:
     if inner is not None:
         own = [f"{OPTIMIZER}loss_scale/{v.name}" for v in optimizer._variables]
         return _unique(own + optimizer_keys(inner), "optimizer variables")
-    roles = {id(optimizer._iterations): "iteration"}
-    if optimizer.skipped_steps is not None:
-        roles[id(optimizer.skipped_steps)] = "skipped_steps"
-    learning_rate = optimizer._learning_rate
-    if any(learning_rate is v for v in optimizer.variables):
-        roles[id(learning_rate)] = "learning_rate"
-    per_weight = (optimizer._averages, optimizer._accumulators, *optimizer._slot_variables(), optimizer._masters)
-    for index, weight in enumerate(optimizer._trainable_variables):
-        path = parameters.path_of(weight, index)
-        prefix = path.replace("/", "_") + "_"
-        for slot in per_weight:
-            variable = slot[index] if index < len(slot) else None
-            if variable is None:
-                continue
-            kind = variable.name[len(prefix):] if variable.name.startswith(prefix) else variable.name
-            roles[id(variable)] = f"{path}/{kind}"
+    roles = optimizer.state_roles.keys()
     keys = [OPTIMIZER + roles.get(id(v), v.name) for v in optimizer.variables]
     return _unique(keys, "optimizer variables")
 

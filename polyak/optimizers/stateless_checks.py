@@ -16,11 +16,11 @@ def check_built(optimizer):
 
 def check_counts(optimizer, optimizer_variables, trainable_variables):
     """One value per optimizer variable and one per built weight, or a ``ValueError``."""
-    if len(optimizer_variables) != len(optimizer._variables):
+    if len(optimizer_variables) != len(optimizer.variables):
         raise ValueError(
             "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 to "
             f"{type(optimizer).__name__}().variables. Received list with length {len(optimizer_variables)}, "
-            f"but expected {len(optimizer._variables)} variables."
+            f"but expected {len(optimizer.variables)} variables."
         )
     if len(trainable_variables) != len(optimizer._trainable_variables):
         raise ValueError(
@@ -36,7 +36,7 @@ def converted(optimizer, optimizer_variables, trainable_variables):
     the shape of what it stands for; errors name the variable."""
     bk = optimizer._backend
     values = []
-    for k, (given, variable) in enumerate(zip(optimizer_variables, optimizer._variables)):
+    for k, (given, variable) in enumerate(zip(optimizer_variables, optimizer.variables)):
         value = bk.convert(given, f"optimizer_variables[{k}] ({variable.path!r})")
         if tuple(value.shape) != variable.shape:
             raise ValueError(

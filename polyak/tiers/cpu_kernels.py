@@ -4,8 +4,8 @@ A fused step walks a list of chunks (tensor, start, stop) in parallel
 (serially for small models, where waking threads costs more than it saves),
 reaching each weight and gradient through its address and the optimizer state
 through flat buffers. The update kernel itself is generated per configuration
-(``numpy_codegen``); per element it performs exactly the arithmetic of
-``polyak.core`` (same operations, same order, same dtype), so its results equal
+(``cpu_codegen``); per element it performs exactly the arithmetic of
+``polyak.core.stages`` (same operations, same order, same dtype), so its results equal
 the reference step's; only norms (for clipping) are summed in another order.
 """
 

@@ -1,6 +1,6 @@
 """The fused step's access to PyTorch tensors on the CPU.
 
-The kernel of ``numpy_fused`` updates memory through addresses, so CPU tensors
+The kernel of ``cpu_fused`` updates memory through addresses, so CPU tensors
 take the same kernel as NumPy arrays: weights and gradients through
 ``data_ptr()``, optimizer state in flat NumPy buffers that the state tensors
 share (``torch.from_numpy``). The writes bypass autograd's version counter, as
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+#: tensor types whose memory the kernel may write (a subclass, e.g. DTensor, may not be one buffer)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 class TorchCPUMemory:
@@ -20,30 +22,24 @@ class TorchCPUMemory:
     def dtype_of(values):
         dtype = values[0].dtype
         ok = dtype in _DTYPES and all(
-            isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+            type(t) in _PLAIN and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
             and t.layout == torch.strided
             for t in values
         )
         return _DTYPES[dtype] if ok else None
 
     @staticmethod
-    def address_reader(dtype, shapes):
-        torch_dtype = next(t for t, d in _DTYPES.items() if d == dtype)
-
-        def addresses(values):
-            if len(values) != len(shapes):
+    def addresses(state, values):
+        if len(values) != len(state.shapes):
+            return None
+        torch_dtype = next(t for t, d in _DTYPES.items() if d == state.dtype)
+        found = []
+        for t, shape in zip(values, state.shapes):
+            if not (type(t) in _PLAIN and t.is_cpu and t.dtype is torch_dtype and t.shape == shape
+                    and t.is_contiguous()):
                 return None
-            found = []
-            try:
-                for t, shape in zip(values, shapes):
-                    if not (t.is_cpu and t.dtype is torch_dtype and t.shape == shape and t.is_contiguous()):
-                        return None
-                    found.append(t.data_ptr())
-            except AttributeError:
-                return None
-            return np.array(found, np.int64)
-
-        return addresses
+            found.append(t.data_ptr())
+        return np.array(found, np.int64)
 
     @staticmethod
     def wrap(view):

@@ -1,0 +1,222 @@
+"""The CPU fused tier: flat optimizer state, one generated numba kernel call per step.
+
+At the first step this tier takes, the optimizer's per-weight state (each role of
+``optimizer.state_roles``: velocity, EMA average, gradient accumulator) is moved into one
+flat buffer per role; each ``Variable`` keeps a view into it, so ``variables``, ``assign``
+and the stores behave as before. Weights and gradients stay where the user keeps them and
+are reached through their addresses. The kernel is written from the stages' statements
+(``polyak.core.stages``) for each call, and the scalars are decided by the same stages.
+
+The same kernel serves PyTorch tensors on the CPU (``torch_cpu_memory``): their memory is
+reached the same way, and the state buffers are shared with torch.
+
+Takes a step when: numba is installed; every weight is a plain, C-contiguous float32 or
+float64 array (or CPU tensor, no subclass) of one dtype; every stage can be fused for the
+plan (no constraint, no ``overwrite_with_gradient``, no ``skip_nonfinite``, a rule with
+per-element statements); every weight is stepped and every gradient is a C-contiguous array
+of its weight's kind, dtype and shape. Anything else takes the reference tier, which gives
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polyak.core import stages
+from polyak.optimizers import parameters as params_mod
+from polyak.optimizers.state_roles import MASTER
+from polyak.tiers import cpu_codegen
+
+CHUNK = 1 << 15  #: elements per parallel work item
+kernels = None  #: the numba kernels module, imported at the first fused step
+
+
+def available() -> bool:
+    """Whether numba is installed (imported on first use, to keep ``import polyak`` fast)."""
+    global kernels
+    if kernels is None:
+        try:
+            from polyak.tiers import cpu_kernels
+        except ImportError:  # numba is not installed: the reference step serves
+            return False
+        kernels = cpu_kernels
+    return True
+
+
+class NumpyMemory:
+    """How the fused step reaches NumPy arrays."""
+
+    @staticmethod
+    def dtype_of(values):
+        """The weights' common NumPy dtype if the kernel can update them all in place, else None."""
+        dtype = values[0].dtype
+        ok = dtype in (np.float32, np.float64) and all(
+            type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous for v in values
+        )
+        return dtype if ok else None
+
+    @staticmethod
+    def addresses(state, values):
+        """The addresses of ``values`` if all are C-contiguous NumPy arrays of the state's dtype
+        and shapes, else None."""
+        if len(values) != len(state.shapes) or not all(
+                type(g) is np.ndarray and g.dtype is state.dtype and g.shape == shape
+                for g, shape in zip(values, state.shapes)):
+            return None
+        found = state._reader(values)
+        return None if (found < 0).any() else found
+
+    @staticmethod
+    def wrap(view):
+        """The optimizer variable's value for a view into a flat state buffer."""
+        return view
+
+
+def memory_for(backend):
+    """The memory adapter for ``backend``'s arrays, or None if the kernel cannot reach them."""
+    if backend.name == "numpy":
+        return NumpyMemory
+    if backend.name == "torch" and backend.device.type == "cpu":
+        from polyak.tiers.torch_cpu_memory import TorchCPUMemory
+
+        return TorchCPUMemory
+    return None
+
+
+class FusedState:
+    """What the tier keeps for one optimizer's built weights: flat state, addresses, chunks."""
+
+    def __init__(self, memory, dtype, variables, weights, per_weight, decay_mask):
+        self.memory = memory
+        self.weights = list(weights)
+        #: the weights held by Variables (plain arrays never change storage)
+        self._held = [(v, w) for v, w in zip(variables, self.weights) if v is not w]
+        self.dtype = np.dtype(dtype)
+        self.shapes = [tuple(w.shape) for w in self.weights]
+        self.sizes = np.array([int(np.prod(shape)) for shape in self.shapes], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.decay_mask = tuple(decay_mask)
+        self.decay = np.array(decay_mask, np.uint8)
+        self._reader = kernels.AddressReader([len(shape) for shape in self.shapes])
+        self.weight_addresses = self.addresses(self.weights)
+        #: one flat buffer per role (``state_roles``), each Variable a view into it
+        self.buffers = {role: self._pack(group) for role, group in per_weight if role != MASTER}
+        chunks = [(t, start, min(start + CHUNK, size))
+                  for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
+        self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
+        self._chunk_sums = np.zeros(len(chunks), np.float64)
+        self.parallel = bool(self.sizes.sum() >= kernels.PARALLEL_FROM)
+        self._no_denominators = np.ones(len(self.weights), self.dtype)
+        self._like = np.zeros(0, self.dtype)
+
+    def _pack(self, variables):
+        """One flat buffer holding every variable's value; each variable rebinds to its view."""
+        flat = np.empty(int(self.sizes.sum()), self.dtype)
+        for variable, offset, size, shape in zip(variables, self.offsets, self.sizes, self.shapes):
+            view = flat[offset:offset + size].reshape(shape)
+            variable._rebind(self.memory.wrap(view))
+        return flat
+
+    def still_bound(self) -> bool:
+        """Whether every Variable among the weights still holds the array the kernel writes."""
+        return all(v._value is w for v, w in self._held)
+
+    def addresses(self, values):
+        """The arrays' addresses, or None unless every one is a C-contiguous array of the
+        weights' kind and dtype and of its weight's shape."""
+        return self.memory.addresses(self, values)
+
+    def _common(self, grad_addresses):
+        return (self.chunk_tensor, self.chunk_start, self.chunk_stop, grad_addresses, self.sizes, self.offsets,
+                self._like)
+
+    def sum_squares(self, grad_addresses, call):
+        """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient statements."""
+        kernel = cpu_codegen.load_sum_squares(self.parallel, call)
+        kernel(*self._common(grad_addresses), self._chunk_sums, *(self.buffers[r] for r in call.roles),
+               *call.scalars.values())
+        return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
+
+    def run(self, grad_addresses, call):
+        """One fused step; every scalar is a scalar of the weights' dtype."""
+        kernel = cpu_codegen.load_update(self.parallel, call)
+        kernel(self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
+               self.sizes, self.offsets, self._like, self.decay,
+               self._no_denominators if call.denominators is None else call.denominators,
+               *(self.buffers[r] for r in call.roles), *call.scalars.values())
+
+
+def _prepared(optimizer, plan):
+    """The optimizer's FusedState for its built weights (made now if needed), or None when
+    this tier cannot take them."""
+    state = optimizer._tier_cache
+    if isinstance(state, FusedState) and state.still_bound() and state.decay_mask == tuple(plan.decay_mask):
+        return state
+    memory = memory_for(optimizer._backend)
+    weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
+    if memory is None or not weights or not available():
+        return None
+    dtype = memory.dtype_of(weights)
+    if dtype is None:
+        return None
+    roles = optimizer.state_roles
+    decay_mask = plan.decay_mask if plan.weight_decay is not None else (False,) * len(weights)
+    state = FusedState(memory, dtype, optimizer._trainable_variables, weights, roles.per_weight, decay_mask)
+    optimizer._tier_cache = state
+    return state
+
+
+def _all_weights(optimizer, variables):
+    built = optimizer._trainable_variables
+    return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
+
+
+def exact_gradients(optimizer, variables, grads):
+    """The gradients' addresses when this tier is prepared for exactly these weights and every
+    gradient is an array of exactly its weight's kind, dtype, shape and layout; else None."""
+    state = optimizer._tier_cache
+    if not isinstance(state, FusedState) or not _all_weights(optimizer, variables) or not state.still_bound():
+        return None
+    return state.addresses(grads)
+
+
+def can_take(optimizer, variables, grads, proof=None) -> bool:
+    """Whether this tier can run the (validated) step (then it is prepared for it);
+    ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
+    if not _all_weights(optimizer, variables):
+        return False
+    plan = optimizer._plan()
+    if not stages.fusable(plan):
+        return False
+    state = _prepared(optimizer, plan)
+    return state is not None and (proof is not None or state.addresses(grads) is not None)
+
+
+class CpuFusedTier:
+    name = "cpu_fused"
+
+    def run(self, optimizer, indices, grads, proof=None) -> str:
+        """One step through the kernel; ``proof``: the gradients' addresses, when already read."""
+        plan = optimizer._plan()
+        state = _prepared(optimizer, plan)
+        addresses = proof if proof is not None else state.addresses(grads)
+        backend = optimizer._backend
+        iteration = backend.to_numpy(optimizer._iterations.value)
+        stored = optimizer.state_roles.learning_rate
+        scalar = state.dtype.type
+        call = stages.KernelCall(
+            iteration=iteration,
+            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
+            xp=np,
+            cast=lambda value: scalar(value),
+            cast_array=lambda values: np.asarray(values).astype(state.dtype),
+            sum_squares=lambda c: state.sum_squares(addresses, c),
+        )
+        with np.errstate(all="ignore"):
+            stages.kernel_call(plan, call)
+            state.run(addresses, call)
+        optimizer._iterations.assign(iteration + 1)
+        return self.name
+
+
+TIER = CpuFusedTier()
