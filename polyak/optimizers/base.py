@@ -21,6 +21,7 @@ from polyak.optimizers import hyperparameters
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers import stateless_checks
 from polyak.optimizers.ema_weights import EmaWeights
+from polyak.optimizers.learning_rate import LearningRate
 from polyak.optimizers.gradients import check_gradients
 from polyak.optimizers.persistence import StatePersistence
 from polyak.optimizers.state_roles import ACCUMULATOR, AVERAGE, MASTER, StateRoles
@@ -39,7 +40,7 @@ class PerWeight(NamedTuple):
 
 
 @serialization.base_class("optimizer")
-class Optimizer(VariableFactory, EmaWeights, StatePersistence):
+class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
     """Base class of polyak's optimizers, with Keras 3's constructor and methods.
 
     A subclass names its per-weight state in ``build`` (via
@@ -138,17 +139,6 @@ class Optimizer(VariableFactory, EmaWeights, StatePersistence):
         return state
 
     # --- learning rate and counters ------------------------------------------
-    @staticmethod
-    def _check_learning_rate(learning_rate):
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
-            return learning_rate
-        if not validation.is_real(learning_rate):
-            validation.fail(
-                "learning_rate", learning_rate,
-                "a float, a LearningRateSchedule, or a callable returning the rate", TypeError,
-            )
-        return validation.real("learning_rate", learning_rate, low=0)
-
     @property
     def iterations(self):
         """Completed updates: raw calls divided by ``gradient_accumulation_steps``."""
@@ -161,33 +151,6 @@ class Optimizer(VariableFactory, EmaWeights, StatePersistence):
         """With ``skip_nonfinite``: the int64 variable counting steps skipped for an
         inf/NaN gradient (calls, not updates, under accumulation). Otherwise None."""
         return self._skipped_steps
-
-    @property
-    def learning_rate(self):
-        """The current rate: the rate variable, or the schedule at the raw step."""
-        lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            return lr(self._iterations.value)
-        if isinstance(lr, Variable):
-            return lr
-        return lr()
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        learning_rate = self._check_learning_rate(learning_rate)
-        previous = self._learning_rate
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
-            self._learning_rate = learning_rate
-            if isinstance(previous, Variable):
-                self._variables.remove(previous)
-        elif isinstance(previous, Variable):
-            previous.assign(learning_rate)
-        else:
-            raise TypeError(
-                f"This optimizer was created with a {type(previous).__name__} as its `learning_rate`, hence "
-                "its learning rate is not settable to a number. Create it with a float `learning_rate` to "
-                f"set the rate later. Received: learning_rate={learning_rate!r}"
-            )
 
     @property
     def variables(self):
@@ -258,14 +221,6 @@ class Optimizer(VariableFactory, EmaWeights, StatePersistence):
         """Pure update on lists: returns ``(new_params, new_slots)``. A rule object with
         ``kernel_lines`` (see :class:`polyak.core.momentum.MomentumRule`) can also be fused."""
         raise NotImplementedError(f"{type(self).__name__} must implement `_update_rule`.")
-
-    def _learning_rate_function(self):
-        lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            return lambda iteration, stored: lr(iteration)
-        if isinstance(lr, Variable):
-            return lambda iteration, stored: stored
-        return lambda iteration, stored: lr()
 
     def _per_weight(self) -> PerWeight:
         """Overwrite flags, decay mask and constraints of the built weights, cached until a
