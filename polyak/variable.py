@@ -22,10 +22,6 @@ def _standard_dtype(backend, dtype):
 
 
 class Variable:
-    #: Bumped whenever any variable's ``constraint`` or ``overwrite_with_gradient``
-    #: changes, so optimizers can cache what they read from them.
-    _settings_version = 0
-
     """A named array that the optimizer reads and assigns.
 
     Args:
@@ -40,6 +36,10 @@ class Variable:
     and ``overwrite_with_gradient`` (the optimizer sets the value to the gradient
     instead of descending) can be set after construction.
     """
+
+    #: Bumped whenever any variable's ``constraint`` or ``overwrite_with_gradient``
+    #: changes, so optimizers can cache what they read from them.
+    _settings_version = 0
 
     def __init__(self, initializer, shape=None, dtype=None, trainable=True, name=None, *, _scope=None):
         name = name if name is not None else auto_name("Variable")
