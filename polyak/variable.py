@@ -37,6 +37,10 @@ class Variable:
     instead of descending) can be set after construction.
     """
 
+    #: Bumped whenever any variable's ``constraint`` or ``overwrite_with_gradient``
+    #: changes, so optimizers can cache what they read from them.
+    _settings_version = 0
+
     def __init__(self, initializer, shape=None, dtype=None, trainable=True, name=None, *, _scope=None):
         name = name if name is not None else auto_name("Variable")
         if not isinstance(name, str) or "/" in name:

@@ -15,6 +15,7 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 import keras  # noqa: E402
 
+import optimizer_db  # noqa: E402
 import polyak  # noqa: E402
 from polyak import backends as polyak_backends  # noqa: E402
 
@@ -30,6 +31,12 @@ class Scenario:
     exclude: str | None = None  #: "names" (var_names=["bias"]) or "list" (the bias variable)
     none_gradient_every: int = 0  #: every k-th step, weight 1 gets no gradient
     seed: int = 0
+
+
+def scenario(config, **run):
+    """The run of an ``optimizer_db.Config`` (``run``: dtype, steps, seed)."""
+    return Scenario(options=dict(config.options), schedule=config.schedule, exclude=config.exclude,
+                    none_gradient_every=config.none_gradient_every, **run)
 
 
 def weights_and_gradients(scenario):
@@ -67,13 +74,14 @@ def _record(opt, variables):
     )
 
 
-def trajectory(module, scenario, backend="numpy"):
+def trajectory(module, scenario, backend="numpy", tier=None):
     """Per step: (weights, optimizer variables, iterations, learning rate), as NumPy.
 
     For polyak, ``backend`` picks the arrays: NumPy arrays in Variables; torch
     ``nn.Parameter`` objects updated in place (Variables holding tensors when the
     scenario excludes weights by name, which needs names); JAX arrays in Variables,
-    stepped by ``jax.jit(opt.stateless_apply)`` and assigned back.
+    stepped by ``jax.jit(opt.stateless_apply)`` and assigned back. ``tier``: the polyak
+    tier asked for (``optimizer_db.use_tier``); None leaves polyak's own choice.
     """
     weights, grads = weights_and_gradients(scenario)
     names = [path.split("/")[1] for path in weights]
@@ -85,6 +93,8 @@ def trajectory(module, scenario, backend="numpy"):
     else:
         variables = [module.Variable(convert(w), dtype=scenario.dtype, name=n) for n, w in zip(names, weights.values())]
     opt = _optimizer(module, scenario, variables)
+    if module is polyak and tier is not None:
+        optimizer_db.use_tier(opt, tier)
     history = []
     if module is polyak and backend == "jax":
         import jax
@@ -133,11 +143,11 @@ def keras_trajectory(scenario):
     return _KERAS_RUNS[key]
 
 
-def assert_same_trajectory(scenario, rtol=None, backend="numpy"):
+def assert_same_trajectory(scenario, rtol=None, backend="numpy", tier=None):
     """Assert every weight, optimizer variable, ``iterations`` and learning rate agree after every step."""
     rtol = rtol if rtol is not None else (1e-6 if scenario.dtype == "float32" else 1e-12)
     expected, keras_opt = keras_trajectory(scenario)
-    actual, polyak_opt = trajectory(polyak, scenario, backend)
+    actual, polyak_opt = trajectory(polyak, scenario, backend, tier)
     named = [v.name for v in polyak_opt._trainable_variables if isinstance(v, polyak.Variable)]
     if named:
         assert [v.path for v in polyak_opt.variables] == [v.path.replace(keras_opt.name, polyak_opt.name, 1)

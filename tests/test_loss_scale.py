@@ -8,6 +8,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 import keras  # noqa: E402
 
+import optimizer_db as db  # noqa: E402
 import polyak  # noqa: E402
 from polyak import optimizers  # noqa: E402
 
@@ -37,11 +38,8 @@ def _run(module, inner_kwargs, dtype, steps, growth, seed):
     return history
 
 
-@pytest.mark.parametrize("inner", [
-    {"momentum": 0.9},
-    {"momentum": 0.9, "nesterov": True, "use_ema": True, "weight_decay": 0.01},
-    {"gradient_accumulation_steps": 2, "use_ema": True},
-], ids=["momentum", "ema+decay", "accumulation"])
+@pytest.mark.parametrize("inner", [c.options for c in db.configs("loss-scaled")[:3]],
+                         ids=[c.name for c in db.configs("loss-scaled")[:3]])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_matches_keras_step_by_step(inner, dtype):
     expected = _run(keras, inner, dtype, steps=40, growth=3, seed=0)
@@ -103,21 +101,7 @@ def test_scale_loss_and_properties():
     assert [v.name for v in opt.variables][:4] == ["iteration", "learning_rate", "step_counter", "dynamic_scale"]
 
 
-@pytest.mark.parametrize("factory,error,text", [
-    (lambda: optimizers.LossScaleOptimizer(polyak.SGD(), initial_scale=0.0), ValueError, "initial_scale=0.0"),
-    (lambda: optimizers.LossScaleOptimizer(polyak.SGD(), initial_scale=float("inf")), ValueError,
-     "initial_scale=inf"),
-    (lambda: optimizers.LossScaleOptimizer(polyak.SGD(), dynamic_growth_steps=0), ValueError,
-     "dynamic_growth_steps=0"),
-    (lambda: optimizers.LossScaleOptimizer("sgd"), TypeError, "inner_optimizer='sgd'"),
-    (lambda: optimizers.LossScaleOptimizer(optimizers.LossScaleOptimizer(polyak.SGD())), TypeError,
-     "must not itself be a LossScaleOptimizer"),
-    (lambda: optimizers.LossScaleOptimizer(polyak.SGD(), clipnorm=1.0), ValueError, "does not support `clipnorm`"),
-])
-def test_bad_arguments(factory, error, text):
-    with pytest.raises(error) as info:
-        factory()
-    assert text in str(info.value)
+# (bad arguments: ``optimizer_db.BAD_CONSTRUCTIONS``, run by ``test_errors``)
 
 
 def test_checkpoint_resume_keeps_the_scale(tmp_path):
@@ -174,10 +158,8 @@ def _run_on(backend, inner_kwargs, steps, growth, seed):
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("inner", [
-    {"momentum": 0.9},
-    {"gradient_accumulation_steps": 2, "use_ema": True, "weight_decay": 0.01},
-], ids=["momentum", "accumulation+ema"])
+@pytest.mark.parametrize("inner", [c.options for c in db.configs("loss-scaled")[::3]],
+                         ids=[c.name for c in db.configs("loss-scaled")[::3]])
 def test_matches_keras_on_torch_and_jax(backend, inner):
     """The skip and the scale's growth run through ``bk.cond``: eager on torch, ``lax.cond`` under jit."""
     pytest.importorskip(backend)

@@ -6,26 +6,24 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import optimizer_db as db
 import polyak
-from reference import Scenario, assert_same_trajectory
+from reference import assert_same_trajectory
+from reference import scenario as scenario_of
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("options", [
-    {"momentum": 0.9},
-    {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "clipvalue": 1.0, "use_ema": True},
-    {"gradient_accumulation_steps": 2, "global_clipnorm": 5.0},
-], ids=["momentum", "features", "accumulation"])
-def test_16_bit_weights_match_keras(dtype, options, backend):
+@pytest.mark.parametrize("config", db.configs("16-bit"), ids=lambda c: c.name)
+def test_16_bit_weights_match_keras(dtype, config, backend):
     """NumPy and torch round every operation to the 16-bit dtype, as Keras does: bit for bit, but
     for torch's bfloat16 sums (a norm), accumulated in float32 and rounded once: one ulp. XLA on a
     CPU computes 16-bit chains in float32 and rounds once, so JAX is within a few ulps."""
     pytest.importorskip(backend if backend != "numpy" else "numpy")
-    scenario = Scenario(options={"learning_rate": 0.05, **options}, dtype=dtype, steps=6, exclude="names")
-    rtol = {"numpy": 0, "torch": 1e-2 if dtype == "bfloat16" and "global_clipnorm" in options else 0,
+    scenario = scenario_of(config.with_options(learning_rate=0.05), dtype=dtype, steps=6)
+    rtol = {"numpy": 0, "torch": 1e-2 if dtype == "bfloat16" and config.clips_by_norm else 0,
             "jax": 2e-2 if dtype == "bfloat16" else 4e-3}[backend]
     assert_same_trajectory(dataclasses.replace(scenario), rtol=rtol, backend=backend)
 

@@ -9,17 +9,12 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 import keras  # noqa: E402
 
+import optimizer_db as db  # noqa: E402
 import polyak  # noqa: E402
 from polyak.core.step import apply_step  # noqa: E402
 
 SHAPES = [(3, 2), (2,), (4,)]
-CONFIGS = [
-    dict(momentum=0.9),
-    dict(momentum=0.9, nesterov=True, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2),
-    dict(momentum=0.5, gradient_accumulation_steps=3, use_ema=True),
-    dict(weight_decay=0.1, global_clipnorm=1.0, loss_scale_factor=8.0),
-    dict(learning_rate=polyak.schedules.ExponentialDecay(0.1, 2, 0.5), momentum=0.9, clipnorm=1.0),
-]
+CONFIGS = db.configs("nonfinite")
 POISONS = [("nan", np.nan, 0), ("inf", np.inf, 1), ("-inf", -np.inf, 2)]
 
 
@@ -51,13 +46,12 @@ def test_by_default_a_nan_gradient_poisons_weights_and_momentum_as_in_keras():
 
 
 @pytest.mark.parametrize("poison,value,where", POISONS, ids=[p[0] for p in POISONS])
-@pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
 def test_a_skipped_step_changes_nothing_but_the_counter(config, poison, value, where):
     """Bad steps among good ones: the run equals the same run without the bad steps."""
     weights, clean = _weights(), _weights()
-    guarded = polyak.SGD(**config, skip_nonfinite=True)
-    reference = polyak.SGD(**config)
-    reference.fused = False  # the guarded step runs the reference path; compare like with like
+    guarded = config.with_options(skip_nonfinite=True).optimizer()
+    reference = db.use_tier(config.optimizer(), "reference")  # the guarded step runs the reference tier
     for step in range(7):
         if step in (2, 5):
             before = [w.copy() for w in weights] + [v.numpy().copy() for v in guarded.variables]
@@ -73,6 +67,7 @@ def test_a_skipped_step_changes_nothing_but_the_counter(config, poison, value, w
         np.testing.assert_array_equal(a, b)
     assert [v.numpy().tolist() for v in guarded.variables[:-1]] == [v.numpy().tolist() for v in reference.variables]
     assert int(guarded.skipped_steps.numpy()) == 2 and int(guarded.iterations) == int(reference.iterations)
+    assert db.tier_that_ran(guarded) == "reference"
 
 
 def test_the_counter_comes_after_all_of_keras_variables():

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import optimizer_db as db
 import polyak
 from polyak import optimizers, schedules
 
@@ -109,7 +110,7 @@ def test_plain_sgd_is_exactly_w_minus_lr_g(dtype, grad_dtype, shape, lr, data):
 def test_stateless_apply_equals_apply(config, run):
     _, weights, stream = run
     stateful, pure = polyak.SGD(**config), polyak.SGD(**config)
-    stateful.fused = False  # the fused kernel's agreement with this step is pinned in test_fused.py
+    db.use_tier(stateful, "reference")  # the fused tier's agreement with this step is pinned in test_tiers.py
     in_place = [w.copy() for w in weights]
     pure.build([w.copy() for w in weights])
     params, values = [w.copy() for w in weights], [v.numpy() for v in pure.variables]

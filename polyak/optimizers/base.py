@@ -134,9 +134,18 @@ class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
             self._polyak_only = 1
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_tier_cache"] = None  # flat buffers and compiled kernels are rebuilt on the next step
+        """For ``pickle`` and ``copy.deepcopy``: flat buffers and kernels are rebuilt on the next
+        step, and what is keyed by object identity is keyed by weight position meanwhile."""
+        state = dict(self.__dict__, _tier_cache=None, _per_weight_cache=(None, None), _trainable_variables_indices={})
+        built = self._trainable_variables
+        state["_exclude_ids"] = frozenset(i for i, v in enumerate(built) if id(v) in self._exclude_ids)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        built = self._trainable_variables
+        self._trainable_variables_indices = {id(v): i for i, v in enumerate(built)}
+        self._exclude_ids = frozenset(id(built[i]) for i in self._exclude_ids)
 
     # --- learning rate and counters ------------------------------------------
     @property

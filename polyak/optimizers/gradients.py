@@ -29,7 +29,9 @@ def check_gradients(bk, grads, values, paths):
         except (TypeError, ValueError) as error:
             if path in str(error):
                 raise
-            raise TypeError(f"{what} is not an array: {error}. Received: {g!r}") from None
+            raise TypeError(
+                f"The gradient for variable {path!r} is not an array: {str(error).rstrip('.')}. Received: {g!r}"
+            ) from None
         kind = bk.kind(g.dtype) if bk.owns(g) else None
         if kind not in ("f", "i", "u"):
             raise TypeError(
@@ -47,8 +49,9 @@ def check_gradients(bk, grads, values, paths):
         raise ValueError("No gradients provided for any variable.")
     if missing:
         warnings.warn(
-            f"Gradients do not exist for variables {missing} when minimizing the loss. "
-            "If using `model.compile()`, did you forget to provide a `loss` argument?",
+            f"Gradients do not exist for variables {missing} when minimizing the loss: they were "
+            "not updated. Check that the loss depends on them, or leave them out of the variables "
+            "passed to `apply`.",
             stacklevel=3,
         )
     return checked

@@ -8,6 +8,8 @@ can be trained through ``stateless_apply`` or by wrapping it in a Variable.
 
 from __future__ import annotations
 
+import numpy as np
+
 from polyak.backends import backend_for, kind_of
 from polyak.variable import Variable
 
@@ -54,12 +56,33 @@ def check_parameters(parameters, paths=None) -> list:
     for value, path in zip(values, paths):
         if not backend.is_floating(value.dtype):
             raise TypeError(f"Trainable variable {path!r} must have a floating dtype. Received: dtype={value.dtype}")
+    for p, path in zip(parameters, paths):
+        _check_leaf(p, path)
     return parameters
+
+
+def _check_leaf(parameter, path):
+    """Refuse a torch tensor computed from others (``t * 2``): updating it would update a
+    temporary, never the tensor it was computed from. (Only torch tensors have ``grad_fn``.)"""
+    grad_fn = getattr(parameter, "grad_fn", None)
+    if grad_fn is not None:
+        raise ValueError(
+            f"Trainable variable {path!r} is a non-leaf torch tensor: it was computed from other tensors, "
+            "so updating it would update a temporary. Pass the leaf tensor itself (e.g. the nn.Parameter). "
+            f"Received: a tensor of shape {tuple(parameter.shape)} with grad_fn={type(grad_fn).__name__}"
+        )
 
 
 def check_writable(backend, parameters, paths):
     """Raise before any write if a plain array among ``parameters`` cannot be updated in place."""
     for p, path in zip(parameters, paths):
+        if isinstance(p, np.generic):
+            raise backend.unwritable_error(
+                f"Trainable variable {path!r} is a NumPy scalar, which is immutable and cannot be updated in "
+                f"place. Pass a 0-d array (`np.array({p.item()!r}, np.{p.dtype.name})`) or a polyak.Variable. "
+                f"Received: {type(p).__name__} {p!r}"
+            )
+        _check_leaf(p, path)
         if not isinstance(p, Variable) and not backend.writable(p):
             raise backend.unwritable_error(
                 f"Trainable variable {path!r} cannot be updated in place: {backend.unwritable_hint}. "

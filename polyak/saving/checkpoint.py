@@ -180,14 +180,25 @@ def _optimizer_from_config(metadata, path):
     return serialization.deserialize("optimizer", config)
 
 
-def _as_built(optimizer, weights):
-    """``optimizer`` as it will be once built on ``weights``: a built shallow copy, so the
-    original is left as it is until everything is known to match. (``build`` rebinds
-    attributes and adds to ``_variables``, of which the copy gets its own list.)"""
-    if optimizer.built or weights is None:
-        return optimizer
+def _unbuilt_copy(optimizer):
+    """A shallow copy of an unbuilt ``optimizer`` that ``build`` can run on without touching
+    the original: ``build`` rebinds attributes and adds to ``_variables``, of which the copy
+    gets its own list, and builds any optimizer it wraps (a ``LossScaleOptimizer``'s inner
+    optimizer), of which the copy gets its own copy."""
     probe = copy.copy(optimizer)
     probe._variables = list(optimizer._variables)
+    for attribute, value in vars(optimizer).items():
+        if isinstance(value, Optimizer) and not value.built:
+            setattr(probe, attribute, _unbuilt_copy(value))
+    return probe
+
+
+def _as_built(optimizer, weights):
+    """``optimizer`` as it will be once built on ``weights``: a built copy, so the original
+    is left as it is until everything is known to match."""
+    if optimizer.built or weights is None:
+        return optimizer
+    probe = _unbuilt_copy(optimizer)
     probe.build(weights)
     return probe
 
