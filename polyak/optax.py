@@ -104,11 +104,12 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
         and the EMA read them) and returns ``(updates, state)`` with
         ``updates = new_params - params``, the new params being
         ``polyak.SGD.stateless_apply``'s. ``optax.apply_updates(params,
-        updates)`` computes ``params + updates``, which rounds: it equals
-        polyak's new weights to an ulp, exactly when ``params`` and the new
-        weights are within a factor 2 of each other (Sterbenz); a weight that
-        changes more (one overwritten by its EMA, one crossing zero) may land
-        an ulp away. Bad trees (grads or state not shaped like the params, a
+        updates)`` computes ``params + updates`` in the params' dtype, and
+        both operations round: where a weight and its new value are within a
+        factor 2 of each other (the difference is then exact, by Sterbenz's
+        lemma) the result is polyak's new weight bit for bit; a weight that
+        changes more (crossing zero, overwritten by its EMA) can land an ulp
+        away from it. Bad trees (grads or state not shaped like the params, a
         mask that does not match them, a non-float leaf) raise at trace time,
         naming the leaf's path.
 
@@ -137,8 +138,6 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
         master_weights=master_weights, skip_nonfinite=skip_nonfinite, name="sgd",
     )
     excluded_names = [] if exclude_from_weight_decay is None else list(exclude_from_weight_decay)
-    if weight_decay_mask is not None and not callable(weight_decay_mask):
-        jax.tree_util.tree_structure(weight_decay_mask)  # a tree, checked against the params in each call
     polyak.SGD(**config).exclude_from_weight_decay(var_names=excluded_names)  # Keras's checks, now
 
     def build(params):
@@ -255,10 +254,10 @@ class _Layout:
                              f"{[p for p in given if p not in self.paths]}") from None
 
 
-def _paths(tree):
+def _paths(tree, is_leaf=None):
     """Each leaf's key path, as polyak names pytree leaves (``"dense/bias"``)."""
     return [jax.tree_util.keystr(path, simple=True, separator="/")
-            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
 
 
 def _mask_leaves(mask, params):
@@ -268,7 +267,7 @@ def _mask_leaves(mask, params):
         return [True] * treedef.num_leaves
     if callable(mask):
         mask = mask(params)
-    with_none = jax.tree_util.tree_structure(params, is_leaf=lambda x: x is None)
+    with_none = jax.tree_util.tree_structure(params, is_leaf=_is_none)  # None leaves: anything in the mask
     try:
         flags = with_none.flatten_up_to(mask)
     except (ValueError, TypeError):
@@ -278,11 +277,9 @@ def _mask_leaves(mask, params):
                          f"{[p for p in expected if p not in given]}, unexpected "
                          f"{[p for p in given if p not in expected]}, mask structure "
                          f"{jax.tree_util.tree_structure(mask)}") from None
-    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: x is None)
-    paths = [jax.tree_util.keystr(p, simple=True, separator="/")
-             for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]]
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=_is_none)
     out = []
-    for leaf, flag, path in zip(leaves, flags, paths):
+    for leaf, flag, path in zip(leaves, flags, _paths(params, _is_none)):
         if leaf is None:
             continue
         if not isinstance(flag, (bool, np.bool_)):
@@ -290,6 +287,10 @@ def _mask_leaves(mask, params):
                             f"{type(flag).__name__} for {path!r}")
         out.append(bool(flag))
     return out
+
+
+def _is_none(x):
+    return x is None
 
 
 def _pure(tree):
