@@ -17,6 +17,7 @@ Importing it imports JAX and optax; ``import polyak`` does not import it.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, NamedTuple
 
@@ -129,7 +130,10 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
         [-0.1, -0.1]
     """
     if callable(learning_rate) and not isinstance(learning_rate, LearningRateSchedule):
-        learning_rate = _CountSchedule(learning_rate)
+        learning_rate = _CountSchedule(_step_function(learning_rate))
+    if isinstance(exclude_from_weight_decay, str):
+        raise TypeError("`exclude_from_weight_decay` must be a list of strings. "
+                        f"Received: exclude_from_weight_decay={exclude_from_weight_decay!r}")
     config = dict(
         learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
@@ -287,6 +291,19 @@ def _mask_leaves(mask, params):
                             f"{type(flag).__name__} for {path!r}")
         out.append(bool(flag))
     return out
+
+
+def _step_function(schedule):
+    """``schedule``, after checking that it can be called with the step count."""
+    try:
+        inspect.signature(schedule).bind(0)
+    except TypeError:
+        raise TypeError("`learning_rate` must be a float, a polyak schedule, or a function of the step count "
+                        "(an optax schedule); a zero-argument callable (Keras's) is not traced by a pure step. "
+                        f"Received: learning_rate={schedule!r}") from None
+    except ValueError:  # no signature to read (a builtin): trust it
+        pass
+    return schedule
 
 
 def _is_none(x):

@@ -409,6 +409,13 @@ def test_bad_hyperparameters_fail_at_construction_with_keras_messages():
         sgd(0.1, clipnorm=1.0, clipvalue=1.0)
 
 
+def test_learning_rate_and_exclusions_of_the_wrong_kind_are_refused():
+    with pytest.raises(TypeError, match=r"function of the step count.*Received: learning_rate=<function"):
+        sgd(lambda: 0.1)
+    with pytest.raises(TypeError, match=r"a list of strings. Received: exclude_from_weight_decay='bias'"):
+        sgd(0.1, exclude_from_weight_decay="bias")
+
+
 def test_ema_params_needs_one_sgd_state_with_averages():
     params = make_params()
     with pytest.raises(ValueError, match=r"use_ema=True"):
