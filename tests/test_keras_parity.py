@@ -81,3 +81,67 @@ def test_other_callables_are_refused_as_keras_refuses_them():
         keras.optimizers.SGD(Rate()).get_config()
     with pytest.raises(TypeError, match="Cannot serialize the learning rate"):
         polyak.SGD(Rate()).get_config()
+
+
+# --- schedules starting from a variable, an array or a tensor --------------------------------------
+SCHEDULES = {
+    "PolynomialDecay": (4,),
+    "ExponentialDecay": (4, 0.5),
+    "CosineDecay": (4,),
+    "InverseTimeDecay": (4, 0.5),
+    "CosineDecayRestarts": (4,),
+}
+STEPS = [0, 1, 2, 3, 5, 9]
+
+
+def _values(schedule):
+    return [np.float32(schedule(np.int64(step))) for step in STEPS]
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("start", [np.array(0.1, np.float32), np.float32(0.3), np.array(0.25)],
+                         ids=["0-d float32", "float32 scalar", "0-d float64"])
+def test_schedule_from_an_array_matches_keras_values_and_config(name, start):
+    ours = getattr(schedules, name)(start, *SCHEDULES[name])
+    theirs = getattr(keras.optimizers.schedules, name)(start, *SCHEDULES[name])
+    np.testing.assert_array_equal(_values(ours), _values(theirs))
+    assert ours.get_config() == theirs.get_config()
+    assert schedules.serialize(ours) == keras.optimizers.schedules.serialize(theirs)
+    again = schedules.deserialize(json.loads(json.dumps(schedules.serialize(ours))))
+    np.testing.assert_array_equal(_values(again), _values(theirs))
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_schedule_from_the_optimizer_rate_variable_reads_it_live_as_keras_does(name):
+    ours_opt, their_opt = polyak.SGD(0.1), keras.optimizers.SGD(0.1)
+    ours = getattr(schedules, name)(ours_opt.learning_rate, *SCHEDULES[name])
+    theirs = getattr(keras.optimizers.schedules, name)(their_opt.learning_rate, *SCHEDULES[name])
+    np.testing.assert_array_equal(_values(ours), _values(theirs))
+    ours_opt.learning_rate.assign(0.2)
+    their_opt.learning_rate.assign(0.2)
+    np.testing.assert_array_equal(_values(ours), _values(theirs))
+    assert ours.get_config()["initial_learning_rate"] == float(np.float32(0.2))  # Keras cannot serialize it
+
+
+@pytest.mark.parametrize("make", ["torch", "jax"])
+def test_schedule_from_a_tensor_matches_keras_from_the_same_number(make):
+    if make == "torch":
+        import torch
+        start = torch.tensor(0.1)
+    else:
+        import jax.numpy as jnp
+        start = jnp.asarray(0.1, jnp.float32)
+    for name, args in SCHEDULES.items():
+        ours = getattr(schedules, name)(start, *args)
+        theirs = getattr(keras.optimizers.schedules, name)(np.array(0.1, np.float32), *args)
+        np.testing.assert_array_equal(_values(ours), _values(theirs))
+        assert schedules.serialize(ours) == keras.optimizers.schedules.serialize(theirs)
+
+
+@pytest.mark.parametrize("start", [np.zeros(2, np.float32), np.array(np.nan), np.array(True), "0.1",
+                                   lambda: polyak.Variable(np.zeros(2)), lambda: polyak.Variable(np.array(np.inf))],
+                         ids=["vector", "nan", "bool", "string", "vector variable", "inf variable"])
+def test_schedule_refuses_a_start_that_is_not_a_real_number(start):
+    start = start() if callable(start) else start
+    with pytest.raises((TypeError, ValueError), match="initial_learning_rate"):
+        schedules.PolynomialDecay(start, 4)
