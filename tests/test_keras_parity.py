@@ -145,3 +145,32 @@ def test_schedule_refuses_a_start_that_is_not_a_real_number(start):
     start = start() if callable(start) else start
     with pytest.raises((TypeError, ValueError), match="initial_learning_rate"):
         schedules.PolynomialDecay(start, 4)
+
+
+# --- the momentum message and the name reset --------------------------------------------------------
+@pytest.mark.parametrize("momentum", [-1.0, 1.5])
+def test_momentum_is_refused_in_keras_words_then_the_value_received(momentum):
+    with pytest.raises(ValueError) as theirs:
+        keras.optimizers.SGD(momentum=momentum)
+    with pytest.raises(ValueError) as ours:
+        polyak.SGD(momentum=momentum)
+    assert str(ours.value) == f"{theirs.value} Received: momentum={momentum!r}"
+
+
+def test_momentum_nan_and_non_numbers_get_the_same_sentence():  # Keras lets NaN through; polyak does not
+    with pytest.raises(ValueError, match=r"must be a float between \[0, 1\]\. Received: momentum=nan"):
+        polyak.SGD(momentum=float("nan"))
+    with pytest.raises(TypeError, match=r"must be a float between \[0, 1\]\. Received: momentum='0.9'"):
+        polyak.SGD(momentum="0.9")
+
+
+def test_clear_session_restarts_automatic_names_as_keras_does():
+    for library, clear in ((polyak, polyak.clear_session), (keras, keras.utils.clear_session)):
+        clear()
+        first = [library.optimizers.SGD().name, library.optimizers.SGD().name, library.Variable(1.0).name]
+        kept = library.optimizers.SGD()
+        clear()
+        again = [library.optimizers.SGD().name, library.optimizers.SGD().name, library.Variable(1.0).name]
+        assert first == again == ["sgd", "sgd_1", "variable"]
+        assert kept.name == "sgd_2"
+    assert "clear_session" in polyak.__all__
