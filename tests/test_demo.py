@@ -331,3 +331,13 @@ def test_resume_on_a_framework_matches_an_uninterrupted_run(tmp_path, backend):
         np.testing.assert_allclose(two.model[name], one.model[name], rtol=1e-5, atol=1e-6)
     for key in one.optimizer:
         np.testing.assert_allclose(two.optimizer[key], one.optimizer[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_accuracy_panel_shows_every_epoch_the_first_ema_one_included(straight_run):
+    from polyak.demo.report import accuracy_limits
+
+    _, metrics = straight_run
+    history = [dict(epoch, test_accuracy_ema=0.12) if epoch["epoch"] == 1 else epoch for epoch in metrics["epochs"]]
+    history = history + [dict(history[-1], epoch=e) for e in range(len(history) + 1, 31)]  # a long run
+    low, high = accuracy_limits(history)
+    assert all(low <= e[key] <= high for e in history for key in ("test_accuracy", "test_accuracy_ema"))
