@@ -83,7 +83,7 @@ def load_progress(path) -> Progress:
         if isinstance(progress.iterations, bool) or not isinstance(progress.iterations, int):
             raise ValueError("its step count is malformed")
     except (OSError, ValueError, TypeError) as error:
-        raise _unreadable(side, str(error) or type(error).__name__) from None
+        raise _unreadable(path, f"{side.name}: {error or type(error).__name__}") from None
     return progress
 
 
@@ -95,7 +95,7 @@ def restore(path, opt, model, progress: Progress) -> None:
         polyak.load(path, opt, weights)
     except (ValueError, TypeError, OSError) as error:
         reason = "; ".join(line.strip() for line in str(error).splitlines())
-        raise DemoError(f"the checkpoint {str(path)!r} does not fit this run: {reason}") from None
+        raise DemoError(f"the checkpoint {str(path)!r} cannot be restored into this run: {reason}") from None
     model.load_state({w.name: w.numpy() for w in weights})
     if int(opt.iterations.numpy()) != progress.iterations:
         raise DemoError(
@@ -107,6 +107,6 @@ def restore(path, opt, model, progress: Progress) -> None:
 
 def _unreadable(path, reason) -> DemoError:
     return DemoError(
-        f"{str(path)!r} is not a readable polyak demo progress file ({reason}); "
-        "delete the checkpoint, or run without --resume to start afresh"
+        f"{str(path)!r} is not a readable polyak demo checkpoint ({reason}); "
+        "delete it, or run without --resume to start afresh"
     )
