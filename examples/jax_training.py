@@ -33,11 +33,13 @@ def loss_fn(params, x, y):
     return jnp.mean((h @ params["out"]["kernel"] + params["out"]["bias"] - y) ** 2)
 
 
-def main(steps=300):
+def main(steps=300, warmup=20):
+    """``steps`` optimizer steps: the rate warms up over ``warmup`` of them, then decays to 0
+    at the last. Returns the optimizer and the trained parameters."""
     x, y = make_problem()
     params = init(jax.random.key(1))
     opt = polyak.SGD(
-        learning_rate=polyak.schedules.CosineDecay(0.0, steps, warmup_target=0.1, warmup_steps=20),
+        learning_rate=polyak.schedules.CosineDecay(0.0, steps - warmup, warmup_target=0.1, warmup_steps=warmup),
         momentum=0.9, nesterov=True, weight_decay=1e-4, global_clipnorm=1.0,
     )
     opt.exclude_from_weight_decay(var_names=["bias"])  # pytree leaves are named by key path
@@ -51,13 +53,14 @@ def main(steps=300):
 
     train_step = jax.jit(train_step, donate_argnums=(0, 1))
     print("step  loss")
-    for step in range(steps + 1):
+    for step in range(steps):
         params, opt_state, loss = train_step(params, opt_state, x, y)
-        if step % 50 == 0:
+        if step % 50 == 0 or step == steps - 1:
             print(f"{step:4d}  {float(loss):.4f}")
     for variable, value in zip(opt.variables, opt_state):  # hand the state back to the optimizer
         variable.assign(value)
     print(f"{int(opt.iterations.numpy())} optimizer steps; final loss {float(loss_fn(params, x, y)):.4f}")
+    return opt, params
 
 
 if __name__ == "__main__":

@@ -26,21 +26,31 @@ def loss_and_grads(w, b, x, y):
 
 
 def main(epochs=30, batch=100):
+    """Train for ``epochs`` passes over the data; print the loss and accuracy every 5 epochs.
+    Returns the optimizer and the final weights."""
     x, y = make_problem()
     w = np.zeros(x.shape[1], np.float32)
     b = np.zeros(1, np.float32)
     opt = polyak.SGD(learning_rate=0.5, momentum=0.9, nesterov=True)
     rng = np.random.default_rng(1)
-    print("epoch  loss    accuracy")
-    for epoch in range(epochs + 1):
+
+    def report(epoch):
         loss, _, _ = loss_and_grads(w, b, x, y)
         accuracy = np.mean(((x @ w + b) > 0) == (y > 0.5))
-        if epoch % 5 == 0:
-            print(f"{epoch:5d}  {loss:.4f}  {accuracy:.3f}")
+        print(f"{epoch:5d}  {loss:.4f}  {accuracy:.3f}")
+        return loss, accuracy
+
+    print("epoch  loss    accuracy")
+    report(0)  # before training
+    for epoch in range(1, epochs + 1):
         for idx in np.array_split(rng.permutation(len(y)), len(y) // batch):
             _, gw, gb = loss_and_grads(w, b, x[idx], y[idx])
             opt.apply([gw, gb], [w, b])  # w and b are updated in place
-    print(f"{int(opt.iterations.numpy())} optimizer steps; final loss {loss:.4f}, accuracy {accuracy:.3f}")
+        if epoch % 5 == 0 or epoch == epochs:
+            loss, accuracy = report(epoch)
+    print(f"{epochs} epochs, {int(opt.iterations.numpy())} optimizer steps; final loss {loss:.4f}, "
+          f"accuracy {accuracy:.3f}")
+    return opt, w, b
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """polyak: Keras 3's SGD with momentum (every argument, method and number) on NumPy, PyTorch and JAX arrays."""
 
 from polyak import optimizers, schedules
+from polyak.naming import clear_session
 from polyak.optimizers import SGD, LossScaleOptimizer, Optimizer
 from polyak.saving import load, save
 from polyak.serialization import register
@@ -8,4 +9,4 @@ from polyak.variable import Variable
 
 __version__ = "0.1.0"
 __all__ = ["Optimizer", "SGD", "LossScaleOptimizer", "Variable", "optimizers", "schedules", "register", "save", "load",
-           "__version__"]
+           "clear_session", "__version__"]

@@ -1,4 +1,8 @@
-"""Keras-style automatic names: ``SGD`` -> ``sgd``, ``sgd_1``, ``sgd_2``, ..."""
+"""Keras-style automatic names: ``SGD`` -> ``sgd``, ``sgd_1``, ``sgd_2``, ...
+
+The counters live for the process, as Keras's do, until :func:`clear_session`
+starts them again, as ``keras.utils.clear_session()`` does.
+"""
 
 import collections
 import itertools
@@ -19,3 +23,10 @@ def auto_name(prefix: str) -> str:
     prefix = to_snake_case(prefix)
     n = next(_counters[prefix])
     return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def clear_session():
+    """Start every automatic name again: the next ``SGD()`` is ``sgd``, the next
+    unnamed ``Variable`` is ``variable`` (Keras's ``clear_session()`` does the same
+    to its names). Objects already made keep their names."""
+    _counters.clear()

@@ -1,7 +1,6 @@
 """The public surface: namespaces, Variable, in-place arrays, statelessness, configs, stores."""
 
 import os
-import warnings
 
 import numpy as np
 import pytest

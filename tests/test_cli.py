@@ -35,7 +35,7 @@ def test_demo_help_explains_itself(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     for words in ("digits", "scikit-learn", "nesterov=True", "EMA", "--epochs", "--backend", "--out", "--resume",
-                  "--stop-after", "training.png", "metrics.json", "checkpoint.npz"):
+                  "--stop-after", "training.png", "metrics.json", "checkpoint.ckpt"):
         assert words in out
 
 
@@ -128,7 +128,7 @@ def test_an_unwritable_out_is_a_one_line_error(capsys, tmp_path):
 
 
 def test_a_corrupt_checkpoint_is_a_one_line_error(capsys, tmp_path):
-    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "checkpoint.ckpt").write_bytes(b"not really a checkpoint")
     assert main(["demo", "--resume", "--out", str(tmp_path)]) == 2
     assert "is not a readable polyak demo checkpoint" in _one_line_error(capsys)
 
@@ -140,7 +140,8 @@ def test_the_demo_runs_as_a_program(tmp_path):
     assert "test accuracy" in done.stdout and "EMA weights" in done.stdout
     assert "epoch 1/1" in done.stderr  # the progress bar
     out = tmp_path / "polyak-demo"  # the default --out
-    assert {p.name for p in out.iterdir()} == {"training.png", "metrics.json", "checkpoint.npz"}
+    assert {p.name for p in out.iterdir()} == {"training.png", "metrics.json", "checkpoint.ckpt",
+                                             "checkpoint.progress.json"}
     assert json.loads((out / "metrics.json").read_text())["complete"] is True
 
 

@@ -13,8 +13,23 @@ pytest.importorskip("tqdm")
 
 import polyak.demo  # noqa: E402
 from polyak.demo import job  # noqa: E402
-from polyak.demo.checkpoint import load_checkpoint  # noqa: E402
+from polyak.demo.checkpoint import load_progress, progress_path  # noqa: E402
 from polyak.demo.mlp import NumpyMLP  # noqa: E402
+from polyak.saving import files, keras_store  # noqa: E402
+
+
+class _Stored:
+    """What a demo checkpoint holds: the progress file, and the model and optimizer arrays."""
+
+    def __init__(self, path):
+        progress = load_progress(path)
+        self.rng_state, self.history = progress.rng_state, progress.history
+        tensors, _ = files.read(str(path))
+        self.model = {k[len("variables/"):]: a for k, a in tensors.items() if k.startswith("variables/")}
+        self.optimizer = keras_store(path)
+
+
+load_checkpoint = _Stored
 
 
 def _quiet(*args, **kwargs):
@@ -87,7 +102,7 @@ def test_the_recipe_decays_kernels_but_not_biases():
 def _assert_same_run(a, b, a_dir, b_dir):
     assert _numbers(a) == _numbers(b)
     assert a["final"] == b["final"]
-    first, second = load_checkpoint(a_dir / "checkpoint.npz"), load_checkpoint(b_dir / "checkpoint.npz")
+    first, second = load_checkpoint(a_dir / "checkpoint.ckpt"), load_checkpoint(b_dir / "checkpoint.ckpt")
     assert first.rng_state == second.rng_state
     for name in first.model:
         np.testing.assert_array_equal(first.model[name], second.model[name], strict=True)
@@ -126,55 +141,80 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, straight_run, monkeyp
         _run(tmp_path, epochs=3, batch_size=64)
     assert "holds epochs 1-1" in capsys.readouterr().err
     monkeypatch.setattr(job, "_epoch", real_epoch)
-    resumed = _run(tmp_path, resume=tmp_path / "checkpoint.npz")
+    resumed = _run(tmp_path, resume=tmp_path / "checkpoint.ckpt")
     _assert_same_run(straight, resumed, straight_dir, tmp_path)
 
 
 def test_resume_refuses_other_settings(straight_run):
     straight_dir, _ = straight_run
-    before = (straight_dir / "checkpoint.npz").read_bytes()
+    before = (straight_dir / "checkpoint.ckpt").read_bytes()
     with pytest.raises(polyak.demo.DemoError, match=r"--epochs 5 differs from the checkpoint's epochs=3"):
         _run(straight_dir, resume=True, epochs=5)
-    assert (straight_dir / "checkpoint.npz").read_bytes() == before
+    assert (straight_dir / "checkpoint.ckpt").read_bytes() == before
 
 
-def _rewritten(**changes):
-    """A corruption: the good checkpoint saved again with entries replaced (or removed, for None)."""
-    def corrupt(good: bytes, path):
-        path.with_name("good.npz").write_bytes(good)
-        with np.load(path.with_name("good.npz")) as npz:
-            arrays = {**npz, **changes}
-        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+def _edited_progress(edit):
+    """A corruption of the progress file beside a good checkpoint."""
+    def corrupt(good_dir, bad):
+        bad.write_bytes((good_dir / "checkpoint.ckpt").read_bytes())
+        content = json.loads(progress_path(good_dir / "checkpoint.ckpt").read_text())
+        text = edit(content)
+        progress_path(bad).write_text(text if isinstance(text, str) else json.dumps(content))
     return corrupt
 
 
-def _flipped(good: bytes, path):
+def _rewritten_checkpoint(**changes):
+    """The good checkpoint written again (a valid file) with arrays replaced, or removed for None."""
+    def corrupt(good_dir, bad):
+        tensors, metadata = files.read(str(good_dir / "checkpoint.ckpt"))
+        metadata = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "checksum")}
+        tensors = {k: v for k, v in {**tensors, **changes}.items() if v is not None}
+        if changes.get("optimizer/dense_0_kernel/momentum", 0) is None:
+            keys = [k for k in json.loads(metadata["optimizer_variables"]) if k in tensors]
+            metadata["optimizer_variables"] = json.dumps(keys)
+        bad.write_bytes(files.encode(tensors, metadata))
+        progress_path(bad).write_bytes(progress_path(good_dir / "checkpoint.ckpt").read_bytes())
+    return corrupt
+
+
+def _damaged_checkpoint(damage):
+    def corrupt(good_dir, bad):
+        bad.write_bytes(damage((good_dir / "checkpoint.ckpt").read_bytes()))
+        progress_path(bad).write_bytes(progress_path(good_dir / "checkpoint.ckpt").read_bytes())
+    return corrupt
+
+
+def _flip(good: bytes):
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF
-    path.write_bytes(bytes(flipped))
+    return bytes(flipped)
+
+
+def _missing_progress(good_dir, bad):
+    bad.write_bytes((good_dir / "checkpoint.ckpt").read_bytes())
 
 
 CORRUPTIONS = {
-    "truncated": lambda good, path: path.write_bytes(good[: len(good) // 2]),
-    "not a zip": lambda good, path: path.write_text("hello"),
-    "bit flip": _flipped,
-    "missing entry": _rewritten(rng_state=None),
-    "pickled object": _rewritten(history=np.array([{"epoch": 1}], dtype=object)),
-    "bad json": _rewritten(settings=np.array("{not json")),
-    "bad settings": _rewritten(settings=np.array('{"epochs": 3}')),
-    "bad history": _rewritten(history=np.array("[1, 2]")),
-    "bad generator": _rewritten(rng_state=np.array('{"bit_generator": "MT19937"}')),
-    "wrong weight shape": _rewritten(**{"model/dense_0_kernel": np.zeros((3, 3), np.float32)}),
-    "wrong optimizer shape": _rewritten(**{"optimizer/2": np.zeros((3, 3), np.float32)}),
-    "missing optimizer variable": _rewritten(**{"optimizer/2": None}),
+    "truncated": _damaged_checkpoint(lambda good: good[: len(good) // 2]),
+    "not a checkpoint": _damaged_checkpoint(lambda good: b"hello"),
+    "bit flip": _damaged_checkpoint(_flip),
+    "no progress file": _missing_progress,
+    "missing entry": _edited_progress(lambda c: c.pop("rng_state")),
+    "bad json": _edited_progress(lambda c: "{not json"),
+    "bad settings": _edited_progress(lambda c: c.update(settings={"epochs": 3})),
+    "bad history": _edited_progress(lambda c: c.update(history=[1, 2])),
+    "bad generator": _edited_progress(lambda c: c.update(rng_state={"bit_generator": "MT19937"})),
+    "progress of another step": _edited_progress(lambda c: c.update(iterations=c["iterations"] + 1)),
+    "wrong weight shape": _rewritten_checkpoint(**{"variables/dense_0_kernel": np.zeros((3, 3), np.float32)}),
+    "wrong optimizer shape": _rewritten_checkpoint(**{"optimizer/dense_0_kernel/momentum": np.zeros((3, 3),
+                                                                                                   np.float32)}),
+    "missing optimizer variable": _rewritten_checkpoint(**{"optimizer/dense_0_kernel/momentum": None}),
 }
-
-
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_a_corrupt_checkpoint_is_a_clear_error_that_changes_nothing(tmp_path, straight_run, corruption):
     straight_dir, _ = straight_run
-    bad = tmp_path / "bad.npz"
-    CORRUPTIONS[corruption]((straight_dir / "checkpoint.npz").read_bytes(), bad)
+    bad = tmp_path / "bad.ckpt"
+    CORRUPTIONS[corruption](straight_dir, bad)
     corrupt = bad.read_bytes()
     out = tmp_path / "out"
     with pytest.raises(polyak.demo.DemoError) as error:
@@ -182,6 +222,17 @@ def test_a_corrupt_checkpoint_is_a_clear_error_that_changes_nothing(tmp_path, st
     assert "\n" not in str(error.value)
     assert not out.exists()
     assert bad.read_bytes() == corrupt
+
+
+def test_the_checkpoint_is_a_polyak_checkpoint(straight_run):
+    straight_dir, _ = straight_run
+    model = NumpyMLP(polyak.demo.Settings().hidden, seed=1)  # other weights, the same names
+    restored = polyak.load(straight_dir / "checkpoint.ckpt", variables=model.weights)
+    assert isinstance(restored, polyak.SGD) and restored.nesterov and restored.use_ema
+    stored = _Stored(straight_dir / "checkpoint.ckpt")
+    for name, array in model.state().items():
+        np.testing.assert_array_equal(array, stored.model[name], strict=True)
+    assert int(restored.iterations.numpy()) == sum(epoch["steps"] for epoch in stored.history)
 
 
 def test_a_missing_checkpoint_says_how_to_start(tmp_path):
@@ -243,7 +294,7 @@ def test_one_epoch_on_a_framework(tmp_path, backend):
     assert metrics["final"]["test_accuracy"] > 0.8 and metrics["final"]["test_accuracy_ema"] > 0.3
     assert f"on the {backend} backend" in "\n".join(lines)
     assert _torch_threads(backend) == threads  # the torch model trains on one thread, then gives the count back
-    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")  # the NumPy model's names, shapes and dtypes
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.ckpt")  # the NumPy model's names, shapes and dtypes
     numpy_state = NumpyMLP(polyak.demo.Settings().hidden, seed=0).state()
     assert {k: (a.shape, a.dtype) for k, a in checkpoint.model.items()} == {
         k: (a.shape, a.dtype) for k, a in numpy_state.items()}
@@ -274,9 +325,19 @@ def test_resume_on_a_framework_matches_an_uninterrupted_run(tmp_path, backend):
     for x, y in zip(a, b):
         for key in x:
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), key
-    one, two = load_checkpoint(straight_dir / "checkpoint.npz"), load_checkpoint(halves_dir / "checkpoint.npz")
+    one, two = load_checkpoint(straight_dir / "checkpoint.ckpt"), load_checkpoint(halves_dir / "checkpoint.ckpt")
     assert one.rng_state == two.rng_state
     for name in one.model:  # equal to float32 rounding
         np.testing.assert_allclose(two.model[name], one.model[name], rtol=1e-5, atol=1e-6)
     for key in one.optimizer:
         np.testing.assert_allclose(two.optimizer[key], one.optimizer[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_accuracy_panel_shows_every_epoch_the_first_ema_one_included(straight_run):
+    from polyak.demo.report import accuracy_limits
+
+    _, metrics = straight_run
+    history = [dict(epoch, test_accuracy_ema=0.12) if epoch["epoch"] == 1 else epoch for epoch in metrics["epochs"]]
+    history = history + [dict(history[-1], epoch=e) for e in range(len(history) + 1, 31)]  # a long run
+    low, high = accuracy_limits(history)
+    assert all(low <= e[key] <= high for e in history for key in ("test_accuracy", "test_accuracy_ema"))

@@ -1,5 +1,6 @@
 """Bad input: a clear error naming the argument and the value, and nothing changed."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -144,6 +145,6 @@ def test_unknown_optimizer_name():
         optimizers.get(42)
 
 
-def test_callable_learning_rate_cannot_be_serialized():
-    with pytest.raises(ValueError, match="cannot be serialized"):
-        polyak.SGD(learning_rate=lambda: 0.1).get_config()
+def test_callable_object_learning_rate_cannot_be_serialized():
+    with pytest.raises(TypeError, match="Cannot serialize the learning rate"):
+        polyak.SGD(learning_rate=functools.partial(float, 0.1)).get_config()

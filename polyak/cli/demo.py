@@ -22,7 +22,8 @@ and a jax.jit-compiled opt.stateless_apply.
 Shows a progress bar per epoch, then test accuracy with the raw and the EMA
 weights, time per epoch and steps per second; writes training.png (loss and
 accuracy per epoch, raw vs EMA), metrics.json (the same numbers) and
-checkpoint.npz (model, optimizer and data-order state, after every epoch) under --out.
+checkpoint.ckpt (model and optimizer, written by polyak.save) with checkpoint.progress.json
+(settings, metrics so far, data order), after every epoch, under --out.
 """
 
 EPILOG = """\
@@ -69,9 +70,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--backend", choices=BACKENDS,
                         help=f"the array library to train on (default: {defaults.backend})")
     parser.add_argument("--out", default="polyak-demo", metavar="DIR",
-                        help="directory for training.png, metrics.json and checkpoint.npz (default: ./polyak-demo)")
+                        help="directory for training.png, metrics.json and checkpoint.ckpt (default: ./polyak-demo)")
     parser.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
-                        help="continue a run from its checkpoint (default: DIR/checkpoint.npz), with the "
+                        help="continue a run from its checkpoint (default: DIR/checkpoint.ckpt), with the "
                              "settings it started with")
     parser.add_argument("--stop-after", type=_positive_int, metavar="N",
                         help="stop after epoch N, leaving a checkpoint that --resume continues")

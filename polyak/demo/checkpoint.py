@@ -1,10 +1,14 @@
-"""The demo's checkpoint: one ``.npz`` file, read back without pickle.
+"""The demo's checkpoint: a ``polyak.save`` file and the run's progress beside it.
 
-It holds the run's settings, the epochs' metrics so far and the shuffling
-generator's state (each as JSON text), the model weights under ``model/<name>``
-and the optimizer's ``save_own_variables`` store under ``optimizer/<i>``. The
-file is written to a temporary name and renamed over the old one, so a run
-killed while saving leaves the previous checkpoint whole.
+``checkpoint.ckpt`` is what :func:`polyak.save` writes: the optimizer's config
+and variables, and the model's weights under their names, so
+``polyak.load("polyak-demo/checkpoint.ckpt")`` reads it like any other.
+``checkpoint.progress.json`` holds what the optimizer does not: the run's
+settings, the epochs' metrics so far and the shuffling generator's state, with
+the optimizer's step count, so a resume checks that the two files belong
+together. Each file is written under a temporary name and renamed over the old
+one, so a run killed while saving leaves whole files (and, between the two
+renames, a pair the resume refuses rather than mixes).
 """
 
 from __future__ import annotations
@@ -12,68 +16,93 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+import polyak
 from polyak.demo.errors import DemoError
 
-FORMAT = "polyak-demo-checkpoint/1"
-_MODEL, _OPTIMIZER = "model/", "optimizer/"
+FORMAT = "polyak-demo-progress/2"
 
 
 @dataclasses.dataclass
-class Checkpoint:
+class Progress:
     settings: dict
     history: list
     rng_state: dict
-    model: dict  # weight name -> array
-    optimizer: dict  # "0", "1", ... -> array, as ``save_own_variables`` writes
+    iterations: int  # the optimizer's step count when the checkpoint was written
 
 
-def save_checkpoint(path, checkpoint: Checkpoint) -> None:
+def progress_path(path) -> Path:
+    """``checkpoint.progress.json`` for ``checkpoint.ckpt``."""
     path = Path(path)
-    arrays = {
-        "format": np.array(FORMAT),
-        "settings": np.array(json.dumps(checkpoint.settings)),
-        "history": np.array(json.dumps(checkpoint.history)),
-        "rng_state": np.array(json.dumps(checkpoint.rng_state)),
-    }
-    arrays.update({_MODEL + name: np.asarray(a) for name, a in checkpoint.model.items()})
-    arrays.update({_OPTIMIZER + key: np.asarray(a) for key, a in checkpoint.optimizer.items()})
+    return path.with_name(path.stem + ".progress.json")
+
+
+def _write_atomically(path: Path, write) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
+    write(temporary)
     os.replace(temporary, path)
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """The checkpoint at ``path``; a missing or unreadable file raises ``DemoError``."""
+def _named_weights(model) -> list:
+    """The model's weights as NumPy ``polyak.Variable``s named as the model names them."""
+    return [polyak.Variable(np.asarray(array), name=name) for name, array in model.state().items()]
+
+
+def save_checkpoint(path, opt, model, progress: Progress) -> None:
+    """Write the optimizer and the model with ``polyak.save``, then the progress file."""
+    path = Path(path)
+    polyak.save(path, opt, _named_weights(model))  # itself written atomically
+
+    def write_json(temporary):
+        with open(temporary, "w") as f:
+            json.dump({"format": FORMAT, **dataclasses.asdict(progress)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _write_atomically(progress_path(path), write_json)
+
+
+def load_progress(path) -> Progress:
+    """The progress file beside the checkpoint at ``path``; missing or unreadable: ``DemoError``."""
     path = Path(path)
     if not path.is_file():
         raise DemoError(f"no checkpoint to resume at {str(path)!r}: run `polyak demo` without --resume first")
+    side = progress_path(path)
     try:
-        if not zipfile.is_zipfile(path):
-            raise ValueError("it is not an .npz file")
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        if str(arrays.pop("format")) != FORMAT:
+        content = json.loads(side.read_text())
+        if not isinstance(content, dict) or content.pop("format", None) != FORMAT:
             raise ValueError(f"its format is not {FORMAT}")
-        texts = {key: json.loads(str(arrays.pop(key))) for key in ("settings", "history", "rng_state")}
-        if not isinstance(texts["history"], list) or not isinstance(texts["rng_state"], dict):
+        progress = Progress(**content)
+        if not isinstance(progress.history, list) or not isinstance(progress.rng_state, dict):
             raise ValueError("its history or generator state is malformed")
-        model = {k[len(_MODEL):]: a for k, a in arrays.items() if k.startswith(_MODEL)}
-        optimizer = {k[len(_OPTIMIZER):]: a for k, a in arrays.items() if k.startswith(_OPTIMIZER)}
-        if len(model) + len(optimizer) != len(arrays):
-            raise ValueError(f"it holds unexpected entries {sorted(set(arrays) - set(model) - set(optimizer))}")
-    except KeyError as error:
-        raise _unreadable(path, f"it has no entry {error}") from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise _unreadable(path, str(error) or type(error).__name__) from None
-    return Checkpoint(texts["settings"], texts["history"], texts["rng_state"], model, optimizer)
+        if not isinstance(progress.settings, dict):
+            raise ValueError("its settings are malformed")
+        if isinstance(progress.iterations, bool) or not isinstance(progress.iterations, int):
+            raise ValueError("its step count is malformed")
+    except (OSError, ValueError, TypeError) as error:
+        raise _unreadable(path, f"{side.name}: {error or type(error).__name__}") from None
+    return progress
+
+
+def restore(path, opt, model, progress: Progress) -> None:
+    """Load the checkpoint at ``path`` into ``opt`` and ``model`` with ``polyak.load``;
+    all or nothing: a file that does not fit raises ``DemoError`` and changes nothing."""
+    weights = [polyak.Variable(np.zeros_like(v.numpy()), name=v.name) for v in _named_weights(model)]
+    try:
+        polyak.load(path, opt, weights)
+    except (ValueError, TypeError, OSError) as error:
+        reason = "; ".join(line.strip() for line in str(error).splitlines())
+        raise DemoError(f"the checkpoint {str(path)!r} cannot be restored into this run: {reason}") from None
+    model.load_state({w.name: w.numpy() for w in weights})
+    if int(opt.iterations.numpy()) != progress.iterations:
+        raise DemoError(
+            f"the checkpoint {str(path)!r} holds step {int(opt.iterations.numpy())} but its progress file "
+            f"{str(progress_path(path))!r} step {progress.iterations} (a run killed between writing the two?); "
+            "run without --resume to start afresh"
+        )
 
 
 def _unreadable(path, reason) -> DemoError:

@@ -13,18 +13,18 @@ import numpy as np
 
 from polyak.demo import report
 from polyak.demo.backends import make_model
-from polyak.demo.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from polyak.demo.checkpoint import Progress, load_progress, restore, save_checkpoint
 from polyak.demo.data import load_digits
 from polyak.demo.errors import DemoError
 from polyak.demo.optimizer import make_optimizer
 from polyak.demo.settings import Settings
 
-CHECKPOINT, METRICS, FIGURE = "checkpoint.npz", "metrics.json", "training.png"
+CHECKPOINT, METRICS, FIGURE = "checkpoint.ckpt", "metrics.json", "training.png"
 _PACKAGES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm"}
 
 
 def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=print, **options) -> dict:
-    """Train the demo MLP and write ``checkpoint.npz``, ``metrics.json`` and ``training.png`` under ``out``.
+    """Train the demo MLP and write ``checkpoint.ckpt`` (with ``checkpoint.progress.json``), ``metrics.json`` and ``training.png`` under ``out``.
 
     Args:
         out: the output directory, created if needed.
@@ -44,20 +44,21 @@ def run(out="polyak-demo", *, resume=None, stop_after=None, progress=True, echo=
     """
     _require_packages()
     out = Path(out)
-    settings, checkpoint = _settings(out, resume, options)
+    settings, checkpoint, resume_path = _settings(out, resume, options)
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise DemoError(f"--stop-after must be a positive number of epochs. Received: {stop_after!r}")
     init_seed, shuffle_seed = np.random.SeedSequence(settings.seed).spawn(2)
     model = make_model(settings.backend, settings.hidden, init_seed)
     try:
-        return _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo)
+        return _train(out, settings, (checkpoint, resume_path), model, shuffle_seed, stop_after, progress, echo)
     finally:
         close = getattr(model, "close", None)  # e.g. torch: its thread count back as it was
         if close is not None:
             close()
 
 
-def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress, echo) -> dict:
+def _train(out, settings, resume_from, model, shuffle_seed, stop_after, progress, echo) -> dict:
+    checkpoint, resume_path = resume_from
     data = load_digits()
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
     try:
@@ -66,7 +67,7 @@ def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress,
         raise DemoError(f"the settings do not make an optimizer: {error}") from None
     opt.build(model.weights)
     rng = np.random.default_rng(shuffle_seed)
-    history = [] if checkpoint is None else _restore(checkpoint, settings, model, opt, rng)
+    history = [] if checkpoint is None else _restore(resume_path, checkpoint, settings, model, opt, rng)
     _check_writable(out)
 
     title = (f"polyak demo: an MLP {'-'.join(map(str, model.sizes))} on scikit-learn's digits\n"
@@ -81,8 +82,8 @@ def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress,
     try:
         for epoch in range(len(history) + 1, last + 1):
             history.append(_epoch(epoch, settings, model, opt, data, rng, progress))
-            save_checkpoint(out / CHECKPOINT, Checkpoint(
-                settings.to_dict(), history, rng.bit_generator.state, model.state(), _store(opt)))
+            save_checkpoint(out / CHECKPOINT, opt, model, Progress(
+                settings.to_dict(), history, rng.bit_generator.state, int(opt.iterations.numpy())))
     except KeyboardInterrupt:
         print(f"interrupted in epoch {epoch}; " + (
             f"{out / CHECKPOINT} holds epochs 1-{epoch - 1}: `{resume_command}` continues" if epoch > 1
@@ -104,19 +105,19 @@ def _train(out, settings, checkpoint, model, shuffle_seed, stop_after, progress,
     return content
 
 
-def _settings(out: Path, resume, options) -> tuple[Settings, Checkpoint | None]:
-    """A fresh run's settings (defaults changed by ``options``), or a checkpoint's and the checkpoint."""
+def _settings(out: Path, resume, options) -> tuple[Settings, Progress | None, Path | None]:
+    """A fresh run's settings (defaults changed by ``options``), or a checkpoint's, its progress and its path."""
     if resume is None:
-        return Settings().with_options(**options), None
+        return Settings().with_options(**options), None, None
     path = out / CHECKPOINT if resume is True else Path(resume)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_progress(path)
     try:
         settings = Settings.from_dict(checkpoint.settings)
         report.check_history(checkpoint.history)
     except (DemoError, ValueError) as error:
         raise DemoError(f"the checkpoint {str(path)!r} does not hold a demo run: {error}") from None
     settings.check_options(**options)
-    return settings, checkpoint
+    return settings, checkpoint, path
 
 
 def _require_packages():
@@ -134,27 +135,17 @@ def _check_writable(out: Path):
         raise DemoError(f"cannot write to --out {str(out)!r}: {error.strerror or error}") from None
 
 
-def _store(opt) -> dict:
-    store = {}
-    opt.save_own_variables(store)
-    return store
-
-
-def _restore(checkpoint: Checkpoint, settings, model, opt, rng) -> list:
+def _restore(path: Path, checkpoint: Progress, settings, model, opt, rng) -> list:
     """Load the checkpoint into the model, optimizer and generator; return its history."""
-    if len(checkpoint.optimizer) != len(opt.variables):
-        raise DemoError(f"the checkpoint holds {len(checkpoint.optimizer)} optimizer variables where this run "
-                        f"has {len(opt.variables)}")
     if len(checkpoint.history) > settings.epochs:
         raise DemoError(f"the checkpoint holds {len(checkpoint.history)} epochs of a {settings.epochs}-epoch run")
     try:
         generator_state = dict(checkpoint.rng_state)
         probe = np.random.default_rng()
         probe.bit_generator.state = generator_state
-        model.load_state(checkpoint.model)
-        opt.load_own_variables(checkpoint.optimizer)
     except (ValueError, TypeError, KeyError) as error:
-        raise DemoError(f"the checkpoint does not fit this run: {error}") from None
+        raise DemoError(f"the checkpoint's generator state does not fit this run: {error}") from None
+    restore(path, opt, model, checkpoint)
     rng.bit_generator.state = generator_state
     return list(checkpoint.history)
 

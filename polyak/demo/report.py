@@ -66,6 +66,13 @@ def write_metrics(path, content: dict) -> None:
         f.write("\n")
 
 
+def accuracy_limits(history) -> tuple[float, float]:
+    """The accuracy panel's y range: every epoch's raw and EMA test accuracy inside it,
+    the EMA's first epochs (still near the initial weights) included."""
+    values = [v for e in history for v in (e["test_accuracy"], e["test_accuracy_ema"])]
+    return max(0.0, min(values) - 0.02), min(1.0, max(values) + 0.01) + 0.005
+
+
 def plot(path, history, title) -> None:
     """Training loss (log scale) and test accuracy per epoch, raw vs EMA weights, and
     the learning rate. Drawn with Matplotlib's object API, leaving pyplot's state alone."""
@@ -86,9 +93,7 @@ def plot(path, history, title) -> None:
         accuracy_ax.plot(epochs, [e[key] for e in history], label=f"{label}: {history[-1][key]:.1%}", **style)
     accuracy_ax.set(title="Test accuracy", xlabel="epoch")
     accuracy_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    # The first tenth of the run (the EMA still near the initial weights) may fall below the panel.
-    settled = [v for e in history[len(history) // 10:] for v in (e["test_accuracy"], e["test_accuracy_ema"])]
-    accuracy_ax.set_ylim(max(0.0, min(0.9, min(settled) - 0.02)), min(1.0, max(settled) + 0.01) + 0.005)
+    accuracy_ax.set_ylim(*accuracy_limits(history))
 
     rate_ax.plot(epochs, [e["learning_rate"] for e in history], color="tab:green", lw=1.8, marker=".")
     rate_ax.set(title="Learning rate (end of epoch)", xlabel="epoch")

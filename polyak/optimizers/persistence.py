@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+from polyak import serialization
 from polyak.optimizers import hyperparameters
 from polyak.schedules import LearningRateSchedule
 from polyak.schedules import deserialize as deserialize_schedule
@@ -27,21 +28,22 @@ class StatePersistence:
             learning_rate = serialize_schedule(lr)
         elif isinstance(lr, Variable):
             learning_rate = float(lr.numpy())
-        else:
-            raise ValueError(
-                f"Optimizer '{self.name}' has a callable learning rate ({lr!r}), which cannot be serialized. "
-                "Use a float or a LearningRateSchedule (registered with polyak.register if it is your own)."
-            )
+        else:  # a callable: a function reference, or a lambda in Keras's form (which is never loaded)
+            learning_rate = serialization.serialize_function(lr)
         config = {"name": self.name, "learning_rate": learning_rate}
         config.update(hyperparameters.config_of(hyperparameters.BASE, self))
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        """An optimizer from ``get_config()`` output (schedules deserialized safely)."""
+        """An optimizer from ``get_config()`` output. A schedule or a function as the
+        learning rate is loaded only if polyak ships it or it is registered."""
         config = dict(config)
-        if isinstance(config.get("learning_rate"), dict):
-            config["learning_rate"] = deserialize_schedule(config["learning_rate"], custom_objects)
+        learning_rate = config.get("learning_rate")
+        if isinstance(learning_rate, dict) and learning_rate.get("class_name") in ("function", "__lambda__"):
+            config["learning_rate"] = serialization.deserialize_function(learning_rate, custom_objects)
+        elif isinstance(learning_rate, dict):
+            config["learning_rate"] = deserialize_schedule(learning_rate, custom_objects)
         return cls(**config)
 
     def _checked_values(self, values, what):

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 from polyak import serialization, validation
 from polyak.core.momentum import MomentumRule
 from polyak.optimizers.base import Optimizer
+
+
+def _checked_momentum(momentum):
+    """``momentum`` as a float, refused in Keras's words unless a real number in [0, 1]."""
+    requirement = "a float between [0, 1]"
+    if not validation.is_real(momentum):
+        validation.fail("momentum", momentum, requirement, TypeError)
+    try:
+        value = float(momentum)
+    except OverflowError:
+        value = math.inf
+    if not 0 <= value <= 1:  # NaN included
+        validation.fail("momentum", momentum, requirement)
+    return value
 
 
 @serialization.builtin("optimizer", "keras.optimizers")
@@ -41,7 +57,7 @@ class SGD(Optimizer):
                  clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None,
                  name=None, master_weights=False, **kwargs):
-        momentum = validation.real("momentum", momentum, low=0, high=1)
+        momentum = _checked_momentum(momentum)
         nesterov = validation.boolean("nesterov", nesterov)
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,

@@ -7,6 +7,7 @@ import numpy as np
 from polyak import serialization, validation
 from polyak.backends import namespace_for
 from polyak.schedules import functions
+from polyak.variable import Variable
 
 _MODULE = "keras.optimizers.schedules"
 
@@ -41,6 +42,31 @@ class LearningRateSchedule:
             return function(xp, step, *args)
 
 
+def _read(value):
+    """The value now of a starting rate: a Variable is read at every call, as Keras does."""
+    if isinstance(value, Variable):
+        value = value.value
+    if hasattr(value, "detach"):  # a torch tensor, possibly on an accelerator
+        value = value.detach().cpu().numpy()
+    return value
+
+
+def _starting_rate(name, value):
+    """Check a starting rate: a real number, or a 0-d array, tensor or polyak.Variable
+    holding one (kept as given, like Keras)."""
+    validation.real(name, _read(value))
+    return value
+
+
+def _rate_now(value):
+    return float(_read(value))
+
+
+def _config_value(value):
+    """A Variable is written as its value now; an array stays as given, as in Keras's config."""
+    return _rate_now(value) if isinstance(value, Variable) else value
+
+
 def _positive_steps(name, value):
     validation.real(name, value, low=0, low_open=True)
     return value
@@ -52,9 +78,8 @@ class _RateDecay(LearningRateSchedule):
     _function = None  #: one of ``functions``' decays, taking those four arguments
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name=None):
-        validation.real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("decay_rate", decay_rate)
-        self.initial_learning_rate = initial_learning_rate
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
         self.decay_rate = decay_rate
         self.staircase = validation.boolean("staircase", staircase)
@@ -62,12 +87,13 @@ class _RateDecay(LearningRateSchedule):
 
     def __call__(self, step):
         return self._evaluate(
-            type(self)._function, step, self.initial_learning_rate, self.decay_steps, self.decay_rate, self.staircase,
+            type(self)._function, step, _rate_now(self.initial_learning_rate), self.decay_steps, self.decay_rate,
+            self.staircase,
         )
 
     def get_config(self):
         return {
-            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
         }
 
@@ -117,10 +143,9 @@ class PolynomialDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0, cycle=False,
                  name="PolynomialDecay"):
-        validation.real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("end_learning_rate", end_learning_rate)
         validation.real("power", power)
-        self.initial_learning_rate = initial_learning_rate
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
         self.end_learning_rate = end_learning_rate
         self.power = power
@@ -129,13 +154,13 @@ class PolynomialDecay(LearningRateSchedule):
 
     def __call__(self, step):
         return self._evaluate(
-            functions.polynomial_decay, step, self.initial_learning_rate, self.decay_steps,
+            functions.polynomial_decay, step, _rate_now(self.initial_learning_rate), self.decay_steps,
             self.end_learning_rate, self.power, self.cycle,
         )
 
     def get_config(self):
         return {
-            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "end_learning_rate": self.end_learning_rate, "power": self.power, "cycle": self.cycle,
             "name": self.name,
         }
@@ -158,11 +183,10 @@ class CosineDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay", warmup_target=None,
                  warmup_steps=0):
-        validation.real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("alpha", alpha)
         validation.real("warmup_target", warmup_target, optional=True)
         validation.real("warmup_steps", warmup_steps, low=0)
-        self.initial_learning_rate = initial_learning_rate
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
         self.alpha = alpha
         self.name = name
@@ -171,13 +195,13 @@ class CosineDecay(LearningRateSchedule):
 
     def __call__(self, step):
         return self._evaluate(
-            functions.cosine_decay, step, self.initial_learning_rate, self.decay_steps, self.alpha,
+            functions.cosine_decay, step, _rate_now(self.initial_learning_rate), self.decay_steps, self.alpha,
             self.warmup_target, self.warmup_steps,
         )
 
     def get_config(self):
         return {
-            "initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+            "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
             "warmup_steps": self.warmup_steps,
         }
@@ -190,11 +214,10 @@ class CosineDecayRestarts(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
                  name="SGDRDecay"):
-        validation.real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("t_mul", t_mul, low=0, low_open=True)
         validation.real("m_mul", m_mul)
         validation.real("alpha", alpha)
-        self.initial_learning_rate = initial_learning_rate
         self.first_decay_steps = _positive_steps("first_decay_steps", first_decay_steps)
         self._t_mul = t_mul
         self._m_mul = m_mul
@@ -203,13 +226,13 @@ class CosineDecayRestarts(LearningRateSchedule):
 
     def __call__(self, step):
         return self._evaluate(
-            functions.cosine_decay_restarts, step, self.initial_learning_rate, self.first_decay_steps,
+            functions.cosine_decay_restarts, step, _rate_now(self.initial_learning_rate), self.first_decay_steps,
             self._t_mul, self._m_mul, self.alpha,
         )
 
     def get_config(self):
         return {
-            "initial_learning_rate": self.initial_learning_rate, "first_decay_steps": self.first_decay_steps,
+            "initial_learning_rate": _config_value(self.initial_learning_rate), "first_decay_steps": self.first_decay_steps,
             "t_mul": self._t_mul, "m_mul": self._m_mul, "alpha": self.alpha, "name": self.name,
         }
 
