@@ -31,13 +31,12 @@ from polyak.schedules import LearningRateSchedule
 
 __all__ = ["sgd", "SGDState", "ema_params"]
 
-_PER_WEIGHT = (  # SGDState field, and the suffix of the polyak variables that fill it
-    ("averages", "_average"),
-    ("accumulators", "_gradient_accumulator"),
-    ("momentums", "_momentum"),
-    ("masters", "_master"),
+_PER_WEIGHT = (  # SGDState field, and the role (``polyak.SGD().state_roles``) of the variables that fill it
+    ("averages", "average"),
+    ("accumulators", "gradient_accumulator"),
+    ("momentums", "momentum"),
+    ("masters", "master"),
 )
-_SIXTEEN_BIT = (jnp.dtype("float16"), jnp.dtype("bfloat16"))
 
 
 class SGDState(NamedTuple):
@@ -199,29 +198,22 @@ def ema_params(state):
 class _Layout:
     """Where each of a built polyak.SGD's variables goes in an SGDState, and back.
 
-    Keras names per-weight variables ``{path}_{role}`` and lists each role's in
-    the weights' order; masters exist for the 16-bit weights only.
+    The roles come from the optimizer's ``state_roles``; each role's list is aligned
+    with the weights (None where a weight has no such variable).
     """
 
     def __init__(self, opt, leaves, treedef):
         self.treedef = treedef
         self.paths = _paths(treedef.unflatten(leaves))
-        names = [v.name for v in opt.variables]
-        self.iteration = names.index("iteration")
-        self.skipped = names.index("skipped_steps") if "skipped_steps" in names else None
+        position = {id(v): k for k, v in enumerate(opt.variables)}
+        roles = opt.state_roles
+        self.iteration = position[id(roles.iteration)]
+        self.skipped = None if roles.skipped is None else position[id(roles.skipped)]
         self.fields = {}
-        for field, suffix in _PER_WEIGHT:
-            found = [k for k, name in enumerate(names) if name.endswith(suffix)]
-            if not found:
-                continue
-            owners = range(len(leaves)) if field != "masters" else \
-                [i for i, leaf in enumerate(leaves) if jnp.dtype(leaf.dtype) in _SIXTEEN_BIT]
-            if len(found) != len(owners):
-                raise RuntimeError(f"polyak.SGD has {len(found)} {field} for {len(owners)} weights")
-            slots = [None] * len(leaves)
-            for i, k in zip(owners, found):
-                slots[i] = k
-            self.fields[field] = slots
+        for field, role in _PER_WEIGHT:
+            variables = roles.role(role)
+            if any(v is not None for v in variables):
+                self.fields[field] = [None if v is None else position[id(v)] for v in variables]
 
     def state(self, values):
         """The SGDState holding ``values`` (a list in ``opt.variables``' order)."""

@@ -81,11 +81,13 @@ def assert_weights_close(actual, expected):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), rtol=2e-6, atol=2e-6)
 
 
-def assert_state_equal(state, variables):
+def assert_state_equal(state, variables, rtol=0.0):
+    """Every state entry equals polyak's variable of the same name (within ``rtol``)."""
     named = state_by_name(state)
     assert set(named) == set(variables) - {"learning_rate"}
     for name, value in named.items():
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(variables[name]), err_msg=name)
+        np.testing.assert_allclose(np.asarray(value, np.float64), np.asarray(variables[name], np.float64),
+                                   rtol=rtol, atol=rtol, err_msg=name)
 
 
 CONFIGS = {
@@ -348,7 +350,9 @@ def test_random_configurations_match_polyak(config, seed):
     expected, variables = polyak_run(params, grads, ["bias"], **config)
     actual, state = face_run(sgd(**config, exclude_from_weight_decay=["bias"]), params, grads)
     assert_weights_close(actual, expected)
-    assert_state_equal(state, variables)
+    # the face's weights are ``w + (w_new - w)``, an ulp off ``w_new`` after an EMA overwrite, and the
+    # state computed from them afterwards inherits that: equal to float32 rounding
+    assert_state_equal(state, variables, rtol=2e-6)
 
 
 # --- bad input -------------------------------------------------------------------------------------
