@@ -244,7 +244,7 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
     def _plan(self) -> StepPlan:
         per_weight = self._per_weight()
         return StepPlan(
-            rule=self._update_rule,
+            rule=custom_rules.UpdateStepRule(self) if custom_rules.keras_style(self) else self._update_rule,
             learning_rate=self._learning_rate_function(),
             overwrite=per_weight.overwrite,
             decay_mask=per_weight.decay_mask,

@@ -155,9 +155,11 @@ def _bound(optimizer, bk):
 
 class UpdateStepRule:
     """The ``update_rule`` stage of a Keras-style optimizer for one step: ``update_step`` on
-    each descending weight, with user state in the slot groups (see the module docstring)."""
+    each descending weight, with user state in the slot groups (see the module docstring).
+    Without ``kernel_lines``, no fused tier takes it. ``Optimizer._plan`` holds one that
+    :func:`step` completes with what only a step knows: which weights descend."""
 
-    def __init__(self, optimizer, descending, user_variables, scalars):
+    def __init__(self, optimizer, descending=None, user_variables=(), scalars=()):
         self.optimizer = optimizer
         self.descending = descending  #: the indices of the weights the stage receives, in order
         self.user_variables = user_variables
@@ -165,6 +167,8 @@ class UpdateStepRule:
 
     def __call__(self, bk, grads, params, slots, learning_rate):
         opt = self.optimizer
+        if self.descending is None:
+            raise RuntimeError("A Keras-style update rule runs inside `Optimizer._step`, which knows the weights.")
         with _bound(opt, bk) as bindings:
             for variable, value in self.scalars:
                 bindings.bind(variable, value)
