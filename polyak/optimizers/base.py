@@ -371,7 +371,8 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
 
     # --- Keras's per-variable primitives (``assign``, ``assign_add``, ``assign_sub``: custom_rules) ---
     def update_step(self, gradient, variable, learning_rate):
-        """Apply the update rule alone (no clipping, decay or EMA) to one built weight."""
+        """Apply the update rule alone (no clipping, decay or EMA) to one built weight.
+        A subclass may override it instead of ``_update_rule``, as in Keras (``custom_rules``)."""
         i = self._get_variable_index(variable)
         bk = self._backend
         slots = tuple([slot[i].value] for slot in self._slot_variables())
