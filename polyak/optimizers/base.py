@@ -19,7 +19,7 @@ from polyak.core.step import apply_step
 from polyak.naming import auto_name
 from polyak.optimizers import hyperparameters
 from polyak.optimizers import parameters as params_mod
-from polyak.optimizers import stateless_checks
+from polyak.optimizers import custom_rules, stateless_checks
 from polyak.optimizers.ema_weights import EmaWeights
 from polyak.optimizers.learning_rate import LearningRate
 from polyak.optimizers.gradients import check_gradients
@@ -40,12 +40,15 @@ class PerWeight(NamedTuple):
 
 
 @serialization.base_class("optimizer")
-class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
+class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, EmaWeights, StatePersistence):
     """Base class of polyak's optimizers, with Keras 3's constructor and methods.
 
     A subclass names its per-weight state in ``build`` (via
     ``add_optimizer_variables``), lists it in ``_slot_variables`` and gives the
     pure update rule in ``_update_rule``; see :class:`polyak.optimizers.SGD`.
+    Or, as Keras's guides do, it makes its variables in ``build`` and updates one
+    weight in ``update_step`` with ``self.assign``: see
+    :mod:`polyak.optimizers.custom_rules` for how that runs in the pure step.
 
     Args:
         learning_rate: a float, a ``LearningRateSchedule``, or a zero-argument
@@ -229,7 +232,8 @@ class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
     def _update_rule(self, bk, grads, params, slots, learning_rate):
         """Pure update on lists: returns ``(new_params, new_slots)``. A rule object with
         ``kernel_lines`` (see :class:`polyak.core.momentum.MomentumRule`) can also be fused."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `_update_rule`.")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `update_step` (as in Keras) or the pure `_update_rule`.")
 
     def _per_weight(self) -> PerWeight:
         """Overwrite flags, decay mask and constraints of the built weights, cached until a
@@ -249,7 +253,7 @@ class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
     def _plan(self) -> StepPlan:
         per_weight = self._per_weight()
         return StepPlan(
-            rule=self._update_rule,
+            rule=custom_rules.UpdateStepRule(self) if custom_rules.keras_style(self) else self._update_rule,
             learning_rate=self._learning_rate_function(),
             overwrite=per_weight.overwrite,
             decay_mask=per_weight.decay_mask,
@@ -261,6 +265,8 @@ class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
     def _step(self, param_values, optimizer_values, grads):
         """The pure step on values: ``(new weight values, new optimizer values)``, aligned with
         the built weights and ``variables``. Wrappers (``LossScaleOptimizer``) guard it."""
+        if custom_rules.keras_style(self):
+            return custom_rules.step(self, param_values, optimizer_values, grads)
         roles = self.state_roles
         state = roles.state_from(self._variables, optimizer_values)
         with self._backend.step_context():
@@ -372,19 +378,10 @@ class Optimizer(LearningRate, VariableFactory, EmaWeights, StatePersistence):
         new_params, new_values = self._step(params, values, grads)
         return self._structure.rebuild(new_params), new_values
 
-    # --- Keras's per-variable primitives ------------------------------------------------
-    def assign(self, variable, value):
-        """Set ``variable`` (a Variable or a plain array) to ``value``."""
-        params_mod.write(variable, value, self._backend)
-
-    def assign_add(self, variable, value):
-        params_mod.write(variable, params_mod.value_of(variable) + value, self._backend)
-
-    def assign_sub(self, variable, value):
-        params_mod.write(variable, params_mod.value_of(variable) - value, self._backend)
-
+    # --- Keras's per-variable primitives (``assign``, ``assign_add``, ``assign_sub``: custom_rules) ---
     def update_step(self, gradient, variable, learning_rate):
-        """Apply the update rule alone (no clipping, decay or EMA) to one built weight."""
+        """Apply the update rule alone (no clipping, decay or EMA) to one built weight.
+        A subclass may override it instead of ``_update_rule``, as in Keras (``custom_rules``)."""
         i = self._get_variable_index(variable)
         bk = self._backend
         slots = tuple([slot[i].value] for slot in self._slot_variables())
