@@ -70,3 +70,14 @@ def test_address_reader_over_mixed_dimensionalities():
     arrays[7] = np.zeros((2 * shapes[7][0],) + shapes[7][1:], np.float32)[::2]  # a strided view
     found = read(arrays)
     assert found[7] == -1 and (np.delete(found, 7) >= 0).all()
+
+
+@pytest.mark.parametrize("options", [dict(momentum=0.9), dict(momentum=0.9, weight_decay=0.1)])
+def test_the_flat_state_is_prepared_once_and_reused_by_every_step(options):
+    w = [np.ones((2, 2), np.float32), np.ones(3, np.float32)]
+    opt = polyak.SGD(**options)
+    opt.apply([np.ones((2, 2), np.float32), np.ones(3, np.float32)], w)
+    prepared = opt._tier_cache
+    for _ in range(3):
+        opt.apply([np.ones((2, 2), np.float32), np.ones(3, np.float32)], w)
+    assert db.tier_that_ran(opt) == "cpu_fused" and opt._tier_cache is prepared

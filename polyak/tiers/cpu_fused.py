@@ -150,7 +150,8 @@ def _prepared(optimizer, plan):
     """The optimizer's FusedState for its built weights (made now if needed), or None when
     this tier cannot take them."""
     state = optimizer._tier_cache
-    if isinstance(state, FusedState) and state.still_bound() and state.decay_mask == tuple(plan.decay_mask):
+    decay_mask = tuple(plan.decay_mask) if plan.weight_decay is not None else (False,) * len(plan.decay_mask)
+    if isinstance(state, FusedState) and state.still_bound() and state.decay_mask == decay_mask:
         return state
     memory = memory_for(optimizer._backend)
     weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
@@ -160,7 +161,6 @@ def _prepared(optimizer, plan):
     if dtype is None:
         return None
     roles = optimizer.state_roles
-    decay_mask = plan.decay_mask if plan.weight_decay is not None else (False,) * len(weights)
     state = FusedState(memory, dtype, optimizer._trainable_variables, weights, roles.per_weight, decay_mask)
     optimizer._tier_cache = state
     return state
