@@ -340,7 +340,7 @@ class Constraints(Stage):
                 s.params[i] = bk.cast(constraint(s.params[i]), s.params[i].dtype)
 
     def fusable(self, plan):
-        return all(c is None for c in plan.constraints)
+        return plan.constraints.count(None) == len(plan.constraints)
 
 
 class RoundMasters(Stage):

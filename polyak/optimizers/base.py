@@ -107,6 +107,7 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         self._polyak_only = 0  # how many variables at the end of ``_variables`` Keras does not have
         self._trainable_variables = []
         self._trainable_variables_indices = {}
+        self._weight_variables = []  # the built weights that are Variables (whose settings can change)
         self._averages = []
         self._accumulators = []
         self._masters = []
@@ -203,6 +204,7 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         self._trainable_paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
         self._trainable_names = [params_mod.name_of(v, d) for v, d in zip(variables, structure.paths)]
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        self._weight_variables = [v for v in variables if isinstance(v, Variable)]
         self._tier_cache = None
         self._writable_checked = False
         self._per_weight_cache = (None, None)
@@ -239,7 +241,7 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         """Overwrite flags, decay mask and constraints of the built weights, cached until a
         built Variable's ``constraint`` or ``overwrite_with_gradient`` changes."""
         built = self._trainable_variables
-        version = tuple(v._settings_version for v in built if isinstance(v, Variable))
+        version = tuple(v._settings_version for v in self._weight_variables)
         cached_version, cached = self._per_weight_cache
         if cached is None or version != cached_version:
             cached = PerWeight(
@@ -312,9 +314,13 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         if self.built:
             if variables is not self._trainable_variables and any(id(v) not in known for v in variables):
                 params_mod.check_parameters(variables, structure.paths)
-                self._check_variables_are_known(variables)
-            indices = [known[id(v)] for v in variables]
-            bk, paths = self._backend, [self._trainable_paths[i] for i in indices]
+                params_mod.check_known(variables, known)
+            if variables is self._trainable_variables:
+                indices, paths = range(len(variables)), self._trainable_paths
+            else:
+                indices = [known[id(v)] for v in variables]
+                paths = [self._trainable_paths[i] for i in indices]
+            bk = self._backend
         else:
             indices = range(len(variables))
             params_mod.check_parameters(variables, structure.paths)
@@ -326,7 +332,8 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
             grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)
         if not self.built:
             self.build(structure.rebuild(variables))
-        self._last_tier = tiers.select(self, variables, grads, proof).run(self, indices, grads, proof)
+        plan = self._plan()
+        self._last_tier = tiers.select(self, plan, variables, grads, proof).run(self, plan, indices, grads, proof)
 
     def _check_writable(self, bk, variables, paths):
         """``check_writable``, once for the built weights (until they are rebuilt)."""
@@ -341,15 +348,6 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         built = self._trainable_variables
         return (self.built and self._structure.treedef is None and isinstance(variables, (list, tuple))
                 and len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
-
-    def _check_variables_are_known(self, variables):
-        for v in variables:
-            if id(v) not in self._trainable_variables_indices:
-                raise ValueError(
-                    f"Unknown variable: {v!r}. This optimizer can only be called for the variables it was "
-                    "originally built with. When working with a new set of variables, you should recreate a "
-                    "new optimizer instance."
-                )
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """``apply`` as a pure function of values: traces under ``jax.jit``.

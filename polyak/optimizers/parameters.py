@@ -88,3 +88,14 @@ def check_writable(backend, parameters, paths):
                 f"Trainable variable {path!r} cannot be updated in place: {backend.unwritable_hint}. "
                 f"Received: {type(p).__name__}"
             )
+
+
+def check_known(parameters, known):
+    """Raise unless every parameter is one the optimizer was built on (``known``: ids)."""
+    for v in parameters:
+        if id(v) not in known:
+            raise ValueError(
+                f"Unknown variable: {v!r}. This optimizer can only be called for the variables it was "
+                "originally built with. When working with a new set of variables, you should recreate a "
+                "new optimizer instance."
+            )

@@ -29,8 +29,8 @@ def exact_gradients(optimizer, variables, grads):
     return cpu_fused.exact_gradients(optimizer, variables, grads)
 
 
-def select(optimizer, variables, grads, proof):
-    """The tier for this validated call."""
-    if optimizer.fused and cpu_fused.can_take(optimizer, variables, grads, proof):
+def select(optimizer, plan, variables, grads, proof):
+    """The tier for this validated call of ``optimizer`` with ``plan`` (its ``_plan()``)."""
+    if optimizer.fused and cpu_fused.can_take(optimizer, plan, variables, grads, proof):
         return cpu_fused.TIER
     return reference.TIER

@@ -180,13 +180,10 @@ def exact_gradients(optimizer, variables, grads):
     return state.addresses(grads)
 
 
-def can_take(optimizer, variables, grads, proof=None) -> bool:
+def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
     """Whether this tier can run the (validated) step (then it is prepared for it);
     ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
-    if not _all_weights(optimizer, variables):
-        return False
-    plan = optimizer._plan()
-    if not stages.fusable(plan):
+    if not _all_weights(optimizer, variables) or not stages.fusable(plan):
         return False
     state = _prepared(optimizer, plan)
     return state is not None and (proof is not None or state.addresses(grads) is not None)
@@ -195,9 +192,8 @@ def can_take(optimizer, variables, grads, proof=None) -> bool:
 class CpuFusedTier:
     name = "cpu_fused"
 
-    def run(self, optimizer, indices, grads, proof=None) -> str:
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
         """One step through the kernel; ``proof``: the gradients' addresses, when already read."""
-        plan = optimizer._plan()
         state = _prepared(optimizer, plan)
         addresses = proof if proof is not None else state.addresses(grads)
         backend = optimizer._backend

@@ -8,8 +8,9 @@ from polyak.optimizers import parameters as params_mod
 class ReferenceTier:
     name = "reference"
 
-    def run(self, optimizer, indices, grads, proof=None) -> str:
-        """One step of ``optimizer`` with ``grads`` for the built weights at ``indices``."""
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        """One step of ``optimizer`` with ``grads`` for the built weights at ``indices`` (the pure
+        step makes its own plan: wrappers such as ``LossScaleOptimizer`` guard it)."""
         weights = optimizer._trainable_variables
         full = [None] * len(weights)
         for i, g in zip(indices, grads):
