@@ -212,3 +212,16 @@ def test_a_stepped_optimizer_survives_pickle_and_deepcopy(backend, copy_with):
     for a, b in zip(list(w) + [v.numpy() for v in second.variables],
                     list(straight_w) + [v.numpy() for v in opt.variables]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- a pytree leaf's state is keyed by the leaf's key path, as its variables are named --------------
+def test_checkpoint_keys_of_a_pytree_follow_the_leaves_key_paths():
+    jnp = pytest.importorskip("jax.numpy")
+    from polyak.saving import names
+
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+    opt = polyak.SGD(0.1, momentum=0.9, use_ema=True)
+    opt.build(params)
+    keys = names.optimizer_keys(opt)
+    assert [v.name for v in opt.variables][-1] == "dense_kernel_momentum"
+    assert keys[-1] == "optimizer/dense/kernel/momentum" and "optimizer/dense/bias/average" in keys
