@@ -81,8 +81,9 @@ def rate_function(rate, device):
     return lambda iteration, stored: value
 
 
-def descent(values, sizes, has_slots, device):
-    """The ``StepPlan`` fields for groups with checked ``values`` and ``sizes`` weights each.
+def descent(values, sizes, has_slots, device, decay_mask):
+    """The ``StepPlan`` fields for groups with checked ``values`` and ``sizes`` weights each;
+    ``decay_mask``: per weight, whether decay may apply to it at all (names not excluded).
 
     Returns ``(fields, stored_rate)``: ``stored_rate`` is the float to write into the
     optimizer's stored rate before the step (None when the plan does not read it)."""
@@ -93,14 +94,14 @@ def descent(values, sizes, has_slots, device):
     if len(rates) == 1 and len(shared) == 1 and len(decays) <= 1 and not (has_slots and values[0][1] == 0):
         rate, momentum, nesterov, _ = values[0]
         fields = dict(rule=MomentumRule(momentum, nesterov), weight_decay=next(iter(decays), None),
-                      decay_mask=tuple(values[k][3] is not None for k in group_of))
+                      decay_mask=tuple(values[k][3] is not None and decays for k, decays in zip(group_of, decay_mask)))
         if is_schedule(rate):
             fields["learning_rate"] = rate_function(rate, device)
             return fields, None
         return fields, rate
     groups = tuple(GroupPlan(learning_rate=rate_function(r, device), rule=MomentumRule(m, n), weight_decay=d)
                    for r, m, n, d in values)
-    return dict(groups=groups, group_of=group_of, decay_mask=(True,) * len(group_of)), None
+    return dict(groups=groups, group_of=group_of, decay_mask=tuple(decay_mask)), None
 
 
 def current_rate(rate, iteration):

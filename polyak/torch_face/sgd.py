@@ -89,6 +89,7 @@ class SGD(torch.optim.Optimizer):
                             master_weights=master_weights, skip_nonfinite=skip_nonfinite)
         KerasSGD(**self._config)  # Keras's checks of the global arguments, now
         self._schedules = {}  # group index -> its schedule or callable rate
+        self._excluded = ((), ())  # exclude_from_weight_decay's var_list and var_names
         self._internal = None
         self._has_state = False
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
@@ -112,6 +113,17 @@ class SGD(torch.optim.Optimizer):
         super().add_param_group(group)
         if schedule is not None:
             self._schedules[index] = schedule
+        if self._internal is not None:
+            self._prepare()
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """No decay for the tensors in ``var_list`` and those whose name (from
+        ``named_parameters``) contains a string of ``var_names`` (a regex search), as
+        :meth:`polyak.SGD.exclude_from_weight_decay`; call it before the first step."""
+        if self._internal is not None:
+            raise ValueError("`exclude_from_weight_decay()` can only be configured before the first step.")
+        KerasSGD().exclude_from_weight_decay(var_names=var_names)  # Keras's checks of the names
+        self._excluded = (tuple(var_list or ()), tuple(var_names or ()))
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -137,6 +149,7 @@ class SGD(torch.optim.Optimizer):
         from the previous one when groups were added or a velocity is now needed)."""
         params, names = self._params(), self._names()
         internal = _GroupedSGD(learning_rate=0.0, momentum=0.9 if with_slots else 0.0, **self._config)
+        internal.exclude_from_weight_decay(var_list=self._excluded[0], var_names=self._excluded[1])
         internal.build(NamedWeights(params, names) if names else params)
         previous = self._internal
         if previous is not None:
@@ -163,7 +176,8 @@ class SGD(torch.optim.Optimizer):
             self._build(needs_slots or (internal is not None and bool(internal.momentums)))
             internal = self._internal
         sizes = [len(g["params"]) for g in self.param_groups]
-        fields, stored = groups_mod.descent(values, sizes, bool(internal.momentums), internal._backend.device)
+        fields, stored = groups_mod.descent(values, sizes, bool(internal.momentums), internal._backend.device,
+                                            internal._per_weight().decay_mask)
         if stored is not None:
             internal.learning_rate = stored
         internal.descent = fields
