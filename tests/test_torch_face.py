@@ -109,12 +109,13 @@ def test_named_parameters_name_the_variables_and_exclude_from_decay_by_name():
     assert opt.state_dict()["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
 
 
-def test_groups_with_their_own_hyperparameters_equal_one_polyak_sgd_each():
+@pytest.mark.parametrize("config", [dict(), dict(gradient_accumulation_steps=2, use_ema=True)])
+def test_groups_with_their_own_hyperparameters_equal_one_polyak_sgd_each(config):
     face_params, a, b = make_params(), make_params(), make_params()
     face = SGD([{"params": face_params[:2], "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
-                {"params": face_params[2:], "momentum": 0.5, "nesterov": True}], lr=0.03)
-    first = polyak.SGD(learning_rate=0.1, momentum=0.9, weight_decay=0.01)
-    second = polyak.SGD(learning_rate=0.03, momentum=0.5, nesterov=True)
+                {"params": face_params[2:], "momentum": 0.5, "nesterov": True}], lr=0.03, **config)
+    first = polyak.SGD(learning_rate=0.1, momentum=0.9, weight_decay=0.01, **config)
+    second = polyak.SGD(learning_rate=0.03, momentum=0.5, nesterov=True, **config)
     run_face(face, face_params, 5)
     for t in range(5):
         first.apply(grads_for(t, a)[:2], a[:2])
