@@ -97,9 +97,9 @@ def fit(manual, max_steps, ckpt_path=None, save_in=None):
     module.recorder = Recorder(module.net)
     start = copy.deepcopy(module.net)
     saving = [lightning.pytorch.callbacks.ModelCheckpoint(save_in, every_n_train_steps=2, save_top_k=-1)]
-    trainer = lightning.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=saving if save_in else None,
-                                enable_checkpointing=bool(save_in), enable_progress_bar=False,
-                                enable_model_summary=False)
+    trainer = lightning.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+                                callbacks=saving if save_in else None, enable_checkpointing=bool(save_in),
+                                enable_progress_bar=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(DATA), batch_size=4)
     trainer.fit(module, loader, ckpt_path=ckpt_path)
     return module, start
