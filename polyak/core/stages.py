@@ -12,6 +12,8 @@
    5. ``clipping`` (per-tensor norm, value, or global norm),
    6. ``weight_decay``: ``w <- w - w * wd * lr`` on the masked weights,
    7. ``update_rule`` (SGD: plain, heavy-ball or Nesterov momentum);
+   with ``plan.groups`` (param groups), 6 and 7 run per group with its own rate and
+   hyperparameters, after 5 over every weight;
 8. ``ema``: the moving average of the weights, and ``ema_overwrite``: the weights replaced
    by it every ``ema_overwrite_frequency`` updates;
 9. ``constraints``; ``round_masters``: 16-bit weights become their masters rounded;
@@ -230,7 +232,8 @@ class UpdateRule(Stage):
                  **rule.kernel_scalars()}, roles=rule.slot_names)
 
 
-DESCENT = (Clipping(), WeightDecay(), UpdateRule())
+CLIPPING = Clipping()
+DESCENT = (CLIPPING, WeightDecay(), UpdateRule())
 
 
 class Accumulation(Stage):
@@ -283,12 +286,35 @@ class Accumulation(Stage):
             stage.kernel(plan, call)
 
     def fusable(self, plan):
-        return all(stage.fusable(plan) for stage in DESCENT)
+        """Per-group hyperparameters (``plan.groups``) run the reference step only."""
+        return plan.groups is None and all(stage.fusable(plan) for stage in DESCENT)
 
 
 def _descend(plan, bk, s):
-    for stage in DESCENT:
-        stage.reference(plan, bk, s)
+    """The descent stages on ``s``; with ``plan.groups``, clipping over every weight, then decay
+    and the rule per group, each at its own rate and with its own hyperparameters."""
+    if plan.groups is None:
+        for stage in DESCENT:
+            stage.reference(plan, bk, s)
+        return
+    CLIPPING.reference(plan, bk, s)
+    s.w, s.s = list(s.w), tuple(list(slot) for slot in s.s)  # new lists: a traced branch must not leak
+    for k, group in enumerate(plan.groups):
+        members = [j for j, i in enumerate(s.descending) if plan.group_of[i] == k]
+        if not members:
+            continue
+        keeps_slots = bool(getattr(group.rule, "slot_names", True))
+        part = dataclasses.replace(
+            s, g=[s.g[j] for j in members], w=[s.w[j] for j in members], mask=[s.mask[j] for j in members],
+            s=tuple([slot[j] for j in members] for slot in s.s) if keeps_slots else (),
+            learning_rate=group.learning_rate(s.state.iteration, s.state.learning_rate))
+        own = dataclasses.replace(plan, rule=group.rule, weight_decay=group.weight_decay, groups=None)
+        for stage in DESCENT[1:]:
+            stage.reference(own, bk, part)
+        for n, j in enumerate(members):
+            s.w[j] = part.w[n]
+            for slot, values in zip(s.s, part.s):
+                slot[j] = values[n]
 
 
 class MovingAverage(Stage):

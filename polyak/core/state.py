@@ -43,6 +43,21 @@ LOCAL_SQUARES = LocalSquares()
 
 
 @dataclass(frozen=True)
+class GroupPlan:
+    """One group of weights with its own hyperparameters (the torch face's param groups).
+
+    Clipping, the counter and every stage outside the descent stay global; inside the
+    descent, the group's weights decay by its ``weight_decay`` (None: no decay) at its rate
+    and take its ``rule``. A rule that keeps no slots (``slot_names`` empty) leaves the
+    group's slots as they are.
+    """
+
+    learning_rate: Callable[[Any, Any], Any]  #: ``learning_rate(raw_iteration, stored_rate) -> scalar``
+    rule: UpdateRule
+    weight_decay: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class StepPlan:
     """Everything fixed about a step once the optimizer is built.
 
@@ -67,3 +82,6 @@ class StepPlan:
     gradient_accumulation_steps: Optional[int] = None
     skip_nonfinite: bool = False  #: a step with any inf/NaN gradient changes nothing but ``skipped``
     squares: LocalSquares = LOCAL_SQUARES  #: how norms for clipping are summed
+    #: per-group hyperparameters of the descent, or None: one group, the fields above
+    groups: Optional[Sequence[GroupPlan]] = None
+    group_of: Sequence[int] = ()  #: with ``groups``: per weight, the index of its group

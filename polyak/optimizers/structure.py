@@ -72,8 +72,19 @@ def _path_name(path):
     return sys.modules["jax"].tree_util.keystr(path, simple=True, separator="/")
 
 
+class NamedWeights(list):
+    """A flat list of weights with their names (torch's ``named_parameters``): an optimizer
+    built on it names each weight's variables and checkpoint keys after it."""
+
+    def __init__(self, weights, names):
+        super().__init__(weights)
+        self.names = [str(name) for name in names]
+
+
 def flatten(tree, what="trainable_variables"):
     """``(leaves, Structure)`` for a flat sequence of weights or a pytree of JAX arrays."""
+    if isinstance(tree, NamedWeights):
+        return list(tree), Structure(len(tree), list(tree.names))
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields") and all(_is_leaf(x) for x in tree):
         return list(tree), Structure(len(tree))
     jax = sys.modules.get("jax")

@@ -1,0 +1,1 @@
+"""The PyTorch face: see :mod:`polyak.torch`."""
