@@ -1,7 +1,7 @@
 """Source of the fused CPU kernels, written from the stages' statements for one call.
 
 The update kernel's body is the concatenation of the statements each stage of
-``polyak.core.stages`` gives for the call (:class:`~polyak.core.stages.KernelCall`): every
+``polyak.core.stages`` gives for the call (:class:`~polyak.core.kernel_call.KernelCall`): every
 option is decided when the kernel is written, not per element, so each compiled loop is the
 few multiply-adds its configuration needs and vectorises. The source is written to a cache
 folder and imported from there, so numba caches the machine code across processes (set
@@ -116,7 +116,7 @@ _loaded = {}
 
 
 def load_update(parallel, call):
-    """The compiled update kernel for ``call`` (a filled :class:`~polyak.core.stages.KernelCall`)."""
+    """The compiled update kernel for ``call`` (a filled :class:`~polyak.core.kernel_call.KernelCall`)."""
     key = ("update", parallel, tuple(call.key), tuple(call.roles), call.decays)
     if key not in _loaded:
         _loaded[key] = _load(update_source(parallel, call.body, call.roles, call.scalars, call.decays))
