@@ -81,3 +81,16 @@ def test_the_flat_state_is_prepared_once_and_reused_by_every_step(options):
     for _ in range(3):
         opt.apply([np.ones((2, 2), np.float32), np.ones(3, np.float32)], w)
     assert db.tier_that_ran(opt) == "cpu_fused" and opt._tier_cache is prepared
+
+
+def test_a_tensor_whose_data_is_replaced_is_stepped_in_its_new_storage():
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = polyak.SGD(learning_rate=0.5, momentum=0.9)
+    opt.apply([torch.ones(4)], [p])
+    old = p.data
+    p.data = torch.full((4,), 2.0)  # what module.to(...) and module.half() do to parameters
+    opt.apply([torch.ones(4)], [p])
+    assert old.tolist() == [0.5] * 4
+    assert p.detach().tolist() == pytest.approx([2.0 - 0.45 - 0.5] * 4)
+    assert db.tier_that_ran(opt) == "cpu_fused"

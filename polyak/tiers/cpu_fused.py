@@ -67,6 +67,11 @@ class NumpyMemory:
         return None if (found < 0).any() else found
 
     @staticmethod
+    def moved(state):
+        """A NumPy array never changes its storage."""
+        return False
+
+    @staticmethod
     def wrap(view):
         """The optimizer variable's value for a view into a flat state buffer."""
         return view
@@ -99,6 +104,7 @@ class FusedState:
         self.decay = np.array(decay_mask, np.uint8)
         self._reader = kernels.AddressReader([len(shape) for shape in self.shapes])
         self.weight_addresses = self.addresses(self.weights)
+        self.weight_list = self.weight_addresses.tolist()
         #: one flat buffer per role (``state_roles``), each Variable a view into it
         self.buffers = {role: self._pack(group) for role, group in per_weight if role != MASTER}
         chunks = [(t, start, min(start + CHUNK, size))
@@ -118,8 +124,10 @@ class FusedState:
         return flat
 
     def still_bound(self) -> bool:
-        """Whether every Variable among the weights still holds the array the kernel writes."""
-        return all(v._value is w for v, w in self._held)
+        """Whether every Variable among the weights still holds the array the kernel writes, and
+        every weight still has the storage whose address the kernel holds (a tensor's ``.data``
+        can be replaced, e.g. by ``module.half()``)."""
+        return all(v._value is w for v, w in self._held) and not self.memory.moved(self)
 
     def addresses(self, values):
         """The arrays' addresses, or None unless every one is a C-contiguous array of the

@@ -42,5 +42,10 @@ class TorchCPUMemory:
         return np.array(found, np.int64)
 
     @staticmethod
+    def moved(state):
+        """Whether any weight's storage changed since the state read its address."""
+        return [t.data_ptr() for t in state.weights] != state.weight_list
+
+    @staticmethod
     def wrap(view):
         return torch.from_numpy(view)
