@@ -7,17 +7,27 @@ decisions derived from it, never Keras's control flow of its own.
   the oracle the other tiers equal.
 * ``cpu_fused``: one generated numba kernel over flat optimizer state, for NumPy arrays and
   PyTorch CPU tensors (``cpu_fused``).
+* ``triton``: one generated Triton kernel launch per step over flat optimizer state, for
+  PyTorch tensors on a CUDA device (``triton_fused``).
 
 :func:`select` runs after ``Optimizer.apply`` has validated every input, as torch.optim's
 single ``_default_to_fused_or_foreach`` does: a tier that cannot take the input is passed
 over, never crashes. ``optimizer.fused = False`` always picks the reference tier.
+
+For tests, the environment variable ``POLYAK_TIER`` names a tier to try first, on any
+device: ``POLYAK_TIER=triton`` with ``TRITON_INTERPRET=1`` runs the Triton kernel on CPU
+tensors in Triton's interpreter. A tier that cannot take the call still falls through.
 """
 
 from __future__ import annotations
 
-from polyak.tiers import cpu_fused, reference
+import os
 
-__all__ = ["select", "exact_gradients", "reference", "cpu_fused"]
+from polyak.tiers import cpu_fused, reference, triton_fused
+
+__all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused"]
+#: the tiers ``POLYAK_TIER`` may name, with their ``can_take(optimizer, variables, grads, forced)``
+FORCIBLE = {"triton": triton_fused}
 
 
 def exact_gradients(optimizer, variables, grads):
@@ -31,6 +41,13 @@ def exact_gradients(optimizer, variables, grads):
 
 def select(optimizer, variables, grads, proof):
     """The tier for this validated call."""
-    if optimizer.fused and cpu_fused.can_take(optimizer, variables, grads, proof):
+    if not optimizer.fused:
+        return reference.TIER
+    forced = FORCIBLE.get(os.environ.get("POLYAK_TIER", ""))
+    if forced is not None and forced.can_take(optimizer, variables, grads, forced=True):
+        return forced.TIER
+    if cpu_fused.can_take(optimizer, variables, grads, proof):
         return cpu_fused.TIER
+    if triton_fused.can_take(optimizer, variables, grads):
+        return triton_fused.TIER
     return reference.TIER

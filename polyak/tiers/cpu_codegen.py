@@ -119,7 +119,7 @@ def load_update(parallel, call):
     """The compiled update kernel for ``call`` (a filled :class:`~polyak.core.stages.KernelCall`)."""
     key = ("update", parallel, tuple(call.key), tuple(call.roles), call.decays)
     if key not in _loaded:
-        _loaded[key] = _load(update_source(parallel, call.body, call.roles, call.scalars, call.decays))
+        _loaded[key] = load_source(update_source(parallel, call.body, call.roles, call.scalars, call.decays))
     return _loaded[key]
 
 
@@ -128,11 +128,11 @@ def load_sum_squares(parallel, call):
     prefix = call.gradient_statements()
     key = ("sum_squares", parallel, prefix, tuple(call.roles), tuple(call.scalars))
     if key not in _loaded:
-        _loaded[key] = _load(sum_squares_source(parallel, prefix, call.roles, call.scalars))
+        _loaded[key] = load_source(sum_squares_source(parallel, prefix, call.roles, call.scalars))
     return _loaded[key]
 
 
-def _load(source):
+def load_source(source):
     """Write the kernel's source into the cache folder once and import it."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     name = f"polyak_kernel_{digest}"
