@@ -9,6 +9,8 @@ decisions derived from it, never Keras's control flow of its own.
   PyTorch CPU tensors (``cpu_fused``).
 * ``triton``: one generated Triton kernel launch per step over flat optimizer state, for
   PyTorch tensors on a CUDA device (``triton_fused``).
+* ``foreach``: a few multi-tensor ``torch._foreach_*`` operations per stage, for PyTorch
+  tensors on any other device, or that Triton cannot take (``foreach``).
 
 :func:`select` runs after ``Optimizer.apply`` has validated every input, as torch.optim's
 single ``_default_to_fused_or_foreach`` does: a tier that cannot take the input is passed
@@ -16,18 +18,19 @@ over, never crashes. ``optimizer.fused = False`` always picks the reference tier
 
 For tests, the environment variable ``POLYAK_TIER`` names a tier to try first, on any
 device: ``POLYAK_TIER=triton`` with ``TRITON_INTERPRET=1`` runs the Triton kernel on CPU
-tensors in Triton's interpreter. A tier that cannot take the call still falls through.
+tensors in Triton's interpreter; ``POLYAK_TIER=foreach`` runs the foreach tier on CPU tensors.
+A tier that cannot take the call still falls through.
 """
 
 from __future__ import annotations
 
 import os
 
-from polyak.tiers import cpu_fused, reference, triton_fused
+from polyak.tiers import cpu_fused, foreach, reference, triton_fused
 
-__all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused"]
+__all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused", "foreach"]
 #: the tiers ``POLYAK_TIER`` may name, with their ``can_take(optimizer, variables, grads, forced)``
-FORCIBLE = {"triton": triton_fused}
+FORCIBLE = {"triton": triton_fused, "foreach": foreach}
 
 
 def exact_gradients(optimizer, variables, grads):
@@ -50,4 +53,6 @@ def select(optimizer, variables, grads, proof):
         return cpu_fused.TIER
     if triton_fused.can_take(optimizer, variables, grads):
         return triton_fused.TIER
+    if foreach.can_take(optimizer, variables, grads):
+        return foreach.TIER
     return reference.TIER
