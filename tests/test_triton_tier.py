@@ -120,3 +120,27 @@ def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
         assert kernel["stores"], f"{kernel['name']}: stores nothing; it was not compiled as expected"
         assert kernel["forbidden"] == [], kernel["name"]
     assert any(kernel["divisions"] for kernel in report["kernels"])
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("case", ["non-contiguous gradient", "float64 gradient", "None gradient"])
+def test_calls_the_kernel_cannot_take_fall_back_and_agree(case, interpreted, monkeypatch):
+    def run():
+        generator = torch.Generator().manual_seed(3)
+        a, b = (torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(4, 4), (5,)])
+        opt = polyak.SGD(momentum=0.9, use_ema=True)
+        tiers = []
+        for step in range(4):
+            ga, gb = torch.randn(4, 4, generator=generator), torch.randn(5, generator=generator)
+            if step == 2:
+                ga = {"non-contiguous gradient": ga.t(), "float64 gradient": ga.double(), "None gradient": None}[case]
+            opt.apply([ga, gb], [a, b])
+            tiers.append(db.tier_that_ran(opt))
+        return tiers, [a.detach().numpy(), b.detach().numpy()] + [db.to_numpy(v) for v in opt.variables]
+
+    tiers, got = run()
+    assert tiers[:2] + tiers[3:] == ["triton"] * 3 and tiers[2] in ("reference", "cpu_fused")
+    monkeypatch.delenv("POLYAK_TIER")
+    _, want = run()
+    for x, y in zip(want, got):
+        np.testing.assert_array_equal(y, x)

@@ -29,7 +29,7 @@ import os
 from polyak.tiers import cpu_fused, foreach, reference, triton_fused
 
 __all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused", "foreach"]
-#: the tiers ``POLYAK_TIER`` may name, with their ``can_take(optimizer, variables, grads, forced)``
+#: the tiers ``POLYAK_TIER`` may name
 FORCIBLE = {"triton": triton_fused, "foreach": foreach}
 
 
@@ -39,6 +39,8 @@ def exact_gradients(optimizer, variables, grads):
     addresses its kernel reads; None when it cannot tell, and the full check runs."""
     if not optimizer.fused:
         return None
+    if isinstance(optimizer._tier_cache, triton_fused.TritonState):
+        return triton_fused.exact_gradients(optimizer, variables, grads)
     return cpu_fused.exact_gradients(optimizer, variables, grads)
 
 
@@ -46,12 +48,17 @@ def select(optimizer, variables, grads, proof):
     """The tier for this validated call."""
     if not optimizer.fused:
         return reference.TIER
+    # ``proof`` is the addresses read by the tier whose state the optimizer holds
+    triton_proof, cpu_proof = (proof, None) if isinstance(optimizer._tier_cache, triton_fused.TritonState) \
+        else (None, proof)
     forced = FORCIBLE.get(os.environ.get("POLYAK_TIER", ""))
-    if forced is not None and forced.can_take(optimizer, variables, grads, forced=True):
-        return forced.TIER
-    if cpu_fused.can_take(optimizer, variables, grads, proof):
+    if forced is triton_fused and triton_fused.can_take(optimizer, variables, grads, True, triton_proof):
+        return triton_fused.TIER
+    if forced is foreach and foreach.can_take(optimizer, variables, grads, forced=True):
+        return foreach.TIER
+    if cpu_fused.can_take(optimizer, variables, grads, cpu_proof):
         return cpu_fused.TIER
-    if triton_fused.can_take(optimizer, variables, grads):
+    if triton_fused.can_take(optimizer, variables, grads, proof=triton_proof):
         return triton_fused.TIER
     if foreach.can_take(optimizer, variables, grads):
         return foreach.TIER

@@ -169,9 +169,19 @@ def _all_weights(optimizer, variables):
     return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
 
 
-def can_take(optimizer, variables, grads, forced=False) -> bool:
+def exact_gradients(optimizer, variables, grads):
+    """The gradients' addresses when this tier is prepared for exactly these weights and every
+    gradient is a plain contiguous tensor of its weight's dtype, shape and device; else None."""
+    state = optimizer._tier_cache
+    if not isinstance(state, TritonState) or not _all_weights(optimizer, variables) or not state.still_bound():
+        return None
+    return state.addresses(grads)
+
+
+def can_take(optimizer, variables, grads, forced=False, proof=None) -> bool:
     """Whether this tier can run the (validated) step (then it is prepared for it);
-    ``forced``: asked for by ``POLYAK_TIER=triton``, which lets CPU tensors in under the interpreter."""
+    ``forced``: asked for by ``POLYAK_TIER=triton``, which lets CPU tensors in under the
+    interpreter; ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
     if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced):
         return False
     if not _all_weights(optimizer, variables) or not available():
@@ -180,7 +190,7 @@ def can_take(optimizer, variables, grads, forced=False) -> bool:
     if not stages.fusable(plan):
         return False
     state = _prepared(optimizer, plan, forced)
-    return state is not None and state.addresses(grads) is not None
+    return state is not None and (proof is not None or state.addresses(grads) is not None)
 
 
 class TritonTier:
@@ -189,7 +199,7 @@ class TritonTier:
     def run(self, optimizer, indices, grads, proof=None) -> str:
         plan = optimizer._plan()
         state = optimizer._tier_cache
-        grad_table = state.table(state.addresses(grads))
+        grad_table = state.table(proof if proof is not None else state.addresses(grads))
         backend = optimizer._backend
         iteration = backend.to_numpy(optimizer._iterations.value)
         stored = optimizer.state_roles.learning_rate
