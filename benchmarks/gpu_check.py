@@ -15,6 +15,8 @@ done. Run from the repository root::
    ``torch.optim.SGD(fused=True)`` and ``foreach=True`` (for W3 the torch composite: clip,
    decay, fused SGD, EMA lerp), and the floor (the bytes a step must move over the copy
    bandwidth measured in the same run); median step time with CUDA events, interleaved.
+3. ``polyak bench --device cuda`` (skip with ``--no-bench``): the benchmark's contenders on the
+   GPU, JAX and optax included, against its stream probe there.
 
 Prints a short table of each, last. Exits 1 if any parity line fails.
 """
@@ -28,7 +30,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 import polyak
@@ -214,6 +215,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    parser.add_argument("--no-bench", action="store_true", help="skip `polyak bench --device cuda`")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -225,12 +227,17 @@ def main(argv=None):
     began = time.perf_counter()
     parity_rows, failed = parity(args.steps, seed)
     timing_rows = timings(args.workloads, args.repeats, args.warmup) if args.workloads else []
+    bench = None
+    if not args.no_bench and args.workloads:
+        from polyak.bench import harness
+
+        bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device="cuda")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "torch": torch.__version__, "seed": seed,
                        "parity": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in parity_rows],
                        "timings": [dict(zip(("workload", "contender", "ms", "vs_torch_fused", "vs_floor"), r))
-                                   for r in timing_rows]}, f, indent=1)
+                                   for r in timing_rows], "bench": bench}, f, indent=1)
     print(f"\n## Parity on {device} (seed {seed})\n\n| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
     for row in parity_rows:
         print("| " + " | ".join(row) + " |")
@@ -238,6 +245,12 @@ def main(argv=None):
         print(f"\n## Step time on {device}\n\n| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
         for key, name, ms, vs_fused, vs_floor in timing_rows:
             print(f"| {key} | {name} | {ms:.3f} | {vs_fused:.2f} | {vs_floor:.2f} |")
+    if bench:
+        from polyak.bench import harness
+
+        print(f"\n## polyak bench --device cuda on {device}")
+        for result in bench["workloads"]:
+            print(harness.format_table(result))
     print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")
     return 1 if failed else 0
 
