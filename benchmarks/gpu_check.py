@@ -50,6 +50,9 @@ CONFIGS = {
     "all": dict(momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=2.0, use_ema=True, ema_momentum=0.9,
                 ema_overwrite_frequency=4, gradient_accumulation_steps=2, loss_scale_factor=4.0),
     "master-weights": dict(momentum=0.9, use_ema=True, weight_decay=0.01, clipvalue=1.0, master_weights=True),
+    # the rate computed on the device by the reference (float32 cos) and on the host by the fused tiers
+    "cosine-schedule": dict(momentum=0.9, learning_rate=polyak.optimizers.schedules.CosineDecay(
+        0.1, decay_steps=4, alpha=0.1, warmup_target=0.2, warmup_steps=2)),
 }
 #: (configuration, dtype) pairs run: every configuration in float32, a few in the other dtypes
 PAIRS = ([(name, torch.float32) for name in CONFIGS]
@@ -65,7 +68,7 @@ def run(options, dtype, tier, steps, seed):
     try:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         weights = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE, dtype)) for s in SHAPES]
-        opt = polyak.SGD(learning_rate=0.05, **options)
+        opt = polyak.SGD(**{"learning_rate": 0.05, **options})
         opt.exclude_from_weight_decay(var_list=[weights[1]])
         opt.fused = tier != "reference"
         history = []
@@ -238,11 +241,13 @@ def main(argv=None):
                        "parity": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in parity_rows],
                        "timings": [dict(zip(("workload", "contender", "ms", "vs_torch_fused", "vs_floor"), r))
                                    for r in timing_rows], "bench": bench}, f, indent=1)
-    print(f"\n## Parity on {device} (seed {seed})\n\n| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
+    print(f"\n## Parity on {device} (seed {seed})\n")
+    print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
     for row in parity_rows:
         print("| " + " | ".join(row) + " |")
     if timing_rows:
-        print(f"\n## Step time on {device}\n\n| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
+        print(f"\n## Step time on {device}\n")
+        print("| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
         for key, name, ms, vs_fused, vs_floor in timing_rows:
             print(f"| {key} | {name} | {ms:.3f} | {vs_fused:.2f} | {vs_floor:.2f} |")
     if bench:
