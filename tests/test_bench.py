@@ -21,7 +21,7 @@ class _Probe:
 
 
 def _recording(name, calls):
-    return lambda workload: (lambda: calls.append(name))
+    return lambda workload, device: (lambda: calls.append(name))
 
 
 def test_every_contender_runs_each_repeat_in_a_rotating_order(monkeypatch):
@@ -55,3 +55,19 @@ def test_keras_is_timed_alone_after_the_interleaved_rounds(monkeypatch):
     monkeypatch.setattr(harness, "CONTENDERS", {n: _recording(n, calls) for n in names})
     harness.run_workload(WORKLOADS["W2"], names, repeats=3, warmup=0, probe=_Probe(calls), log=None)
     assert "keras (numpy)" not in calls[:9] and calls[9:] == ["keras (numpy)"] * 3
+
+
+def test_host_only_contenders_decline_a_gpu():
+    from polyak.bench.contenders import CONTENDERS, Unavailable
+
+    for name in ("polyak numpy", "keras (numpy)"):
+        with pytest.raises(Unavailable, match="CPU only"):
+            CONTENDERS[name](WORKLOADS["W2"], "cuda")
+
+
+def test_bench_on_cuda_without_a_gpu_says_so(monkeypatch, capsys):
+    from polyak.bench import __main__ as bench_main
+
+    monkeypatch.setattr(bench_main, "_cuda_available", lambda: False)
+    assert bench_main.main(["--device", "cuda"]) == 2
+    assert "--device cuda needs PyTorch with a CUDA device" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def test_bench_help_and_bad_arguments(capsys):
         main(["bench", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for words in ("--workloads", "--contenders", "--repeats", "--json", "torch fused", "floor"):
+    for words in ("--workloads", "--contenders", "--repeats", "--device", "--json", "torch fused", "floor"):
         assert words in out
     assert main(["bench", "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err

@@ -4,7 +4,9 @@ The probe is STREAM's in-place update ``a = a + s * b`` (an optimizer's own
 pattern: two reads and one write of the same array, no write-allocate traffic)
 over float32 arrays far larger than cache, run on every core by numba. The
 harness times it interleaved with the steps it is compared to, so that the
-floor and the steps see the same moments of a shared machine.
+floor and the steps see the same moments of a shared machine. On a GPU
+(``CudaStreamProbe``) the same update runs as one PyTorch kernel over arrays far
+larger than the GPU's cache.
 """
 
 from __future__ import annotations
@@ -48,3 +50,29 @@ class StreamProbe:
 
     def bandwidth(self, seconds):
         return self.bytes_per_call / seconds
+
+
+class CudaStreamProbe:
+    """The same update, ``a += s * b`` in float32, on the current CUDA device; a call
+    returns once the GPU has finished it."""
+
+    def __init__(self, n=256_000_000):
+        import torch
+
+        self._torch = torch
+        self.a = torch.zeros(n, dtype=torch.float32, device="cuda")
+        self.b = torch.ones(n, dtype=torch.float32, device="cuda")
+        self.bytes_per_call = BYTES_PER_ELEMENT * n
+        self()
+
+    def __call__(self):
+        self.a.add_(self.b, alpha=1e-3)
+        self._torch.cuda.synchronize()
+
+    def bandwidth(self, seconds):
+        return self.bytes_per_call / seconds
+
+
+def probe_for(device):
+    """The stream probe for ``device`` ("cpu" or "cuda")."""
+    return CudaStreamProbe() if device == "cuda" else StreamProbe()

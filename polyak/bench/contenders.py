@@ -1,7 +1,8 @@
-"""Each contender sets up a workload and returns a zero-argument step function.
+"""Each contender sets up a workload on a device ("cpu" or "cuda") and returns a zero-argument
+step function; on "cuda" the step returns once the GPU has finished it.
 
 A contender raises ``Unavailable`` when its framework (or polyak's backend for
-it) is not installed; the harness then leaves its column empty.
+it) is not installed, or cannot run on the device; the harness then leaves its column empty.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ def _named(module, params, workload):
     return [module.Variable(p, name=f"t{i}_{'bias' if p.ndim == 1 else 'kernel'}") for i, p in enumerate(params)]
 
 
-def polyak_numpy(workload):
+def _host_only(device):
+    if device != "cpu":
+        raise Unavailable("runs on the CPU only")
+
+
+def polyak_numpy(workload, device="cpu"):
+    _host_only(device)
     import polyak
 
     params, grads = _arrays(workload)
@@ -45,22 +52,36 @@ def polyak_numpy(workload):
     return lambda: opt.apply(grads, variables)
 
 
-def _torch():
+def _torch(device):
     try:
         import torch
     except ImportError:
         raise Unavailable("torch is not installed") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Unavailable("torch sees no CUDA device")
     torch.set_num_threads(os.cpu_count() or 1)
     return torch
 
 
-def polyak_torch(workload):
-    torch = _torch()
+def _finished(torch, device, step):
+    """``step``, returning once the device has run it."""
+    if device == "cpu":
+        return step
+
+    def synchronized():
+        step()
+        torch.cuda.synchronize()
+
+    return synchronized
+
+
+def polyak_torch(workload, device="cpu"):
+    torch = _torch(device)
     import polyak
 
     params, grads = _arrays(workload)
-    tensors = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
-    tgrads = [torch.from_numpy(g) for g in grads]
+    tensors = [torch.nn.Parameter(torch.from_numpy(p).to(device)) for p in params]
+    tgrads = [torch.from_numpy(g).to(device) for g in grads]
     opt = polyak.SGD(**workload.options)
     if workload.exclude_vectors:
         opt.exclude_from_weight_decay(var_list=[t for t in tensors if t.ndim == 1])
@@ -68,20 +89,20 @@ def polyak_torch(workload):
         opt.build(tensors)
     except TypeError as error:
         raise Unavailable(f"polyak has no torch backend here ({error})") from None
-    return lambda: opt.apply(tgrads, tensors)
+    return _finished(torch, device, lambda: opt.apply(tgrads, tensors))
 
 
-def _torch_sgd(workload, **flags):
-    torch = _torch()
+def _torch_sgd(workload, device, **flags):
+    torch = _torch(device)
     params, grads = _arrays(workload)
-    tensors = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
+    tensors = [torch.nn.Parameter(torch.from_numpy(p).to(device)) for p in params]
     for t, g in zip(tensors, grads):
-        t.grad = torch.from_numpy(g)
+        t.grad = torch.from_numpy(g).to(device)
     o = workload.options
     opt = torch.optim.SGD(tensors, lr=o["learning_rate"], momentum=o["momentum"],
                           nesterov=o.get("nesterov", False), **flags)
     if not o.get("use_ema"):
-        return opt.step
+        return _finished(torch, device, opt.step)
     # What a PyTorch user writes for the full feature set: clip, decoupled decay, fused SGD, EMA.
     decayed = [t for t in tensors if t.ndim > 1]
     shrink = 1.0 - o["learning_rate"] * o["weight_decay"]
@@ -95,32 +116,36 @@ def _torch_sgd(workload, **flags):
         with torch.no_grad():
             torch._foreach_lerp_(averages, tensors, 1.0 - 0.99)
 
-    return step
+    return _finished(torch, device, step)
 
 
-def torch_foreach(workload):
-    return _torch_sgd(workload, foreach=True)
+def torch_foreach(workload, device="cpu"):
+    return _torch_sgd(workload, device, foreach=True)
 
 
-def torch_fused(workload):
-    return _torch_sgd(workload, fused=True)
+def torch_fused(workload, device="cpu"):
+    return _torch_sgd(workload, device, fused=True)
 
 
-def _jax():
+def _jax(device):
+    """JAX, and its device for ``device`` ("cuda": its first GPU)."""
     try:
         import jax
     except ImportError:
         raise Unavailable("jax is not installed") from None
-    return jax
+    try:
+        return jax, jax.devices("gpu" if device == "cuda" else "cpu")[0]
+    except RuntimeError:
+        raise Unavailable(f"jax has no {device} device") from None
 
 
-def polyak_jax(workload):
-    jax = _jax()
+def polyak_jax(workload, device="cpu"):
+    jax, where = _jax(device)
     import polyak
 
     params, grads = _arrays(workload)
-    values = [jax.numpy.asarray(p) for p in params]
-    jgrads = [jax.numpy.asarray(g) for g in grads]
+    values = [jax.device_put(p, where) for p in params]
+    jgrads = [jax.device_put(g, where) for g in grads]
     opt = polyak.SGD(**workload.options)
     try:
         opt.build([polyak.Variable(v) for v in values])
@@ -138,8 +163,8 @@ def polyak_jax(workload):
     return run
 
 
-def optax_sgd(workload):
-    jax = _jax()
+def optax_sgd(workload, device="cpu"):
+    jax, where = _jax(device)
     try:
         import optax
     except ImportError:
@@ -149,8 +174,8 @@ def optax_sgd(workload):
     params, grads = _arrays(workload)
     o = workload.options
     tx = optax.sgd(o["learning_rate"], momentum=o["momentum"], nesterov=o.get("nesterov", False))
-    values = [jax.numpy.asarray(p) for p in params]
-    jgrads = [jax.numpy.asarray(g) for g in grads]
+    values = [jax.device_put(p, where) for p in params]
+    jgrads = [jax.device_put(g, where) for g in grads]
 
     @jax.jit
     def _step(values, state, grads):
@@ -167,7 +192,8 @@ def optax_sgd(workload):
     return run
 
 
-def keras_sgd(workload):
+def keras_sgd(workload, device="cpu"):
+    _host_only(device)
     os.environ.setdefault("KERAS_BACKEND", "numpy")
     try:
         import keras

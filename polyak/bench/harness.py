@@ -20,7 +20,7 @@ import statistics
 import time
 import tracemalloc
 
-from polyak.bench.bandwidth import StreamProbe
+from polyak.bench.bandwidth import probe_for
 from polyak.bench.contenders import CONTENDERS, Unavailable
 from polyak.bench.workloads import WORKLOADS, bytes_moved
 
@@ -49,11 +49,11 @@ def _time(step, samples):
     samples.append(time.perf_counter() - start)
 
 
-def run_workload(workload, contenders, repeats, warmup, probe, log=print):
+def run_workload(workload, contenders, repeats, warmup, probe, log=print, device="cpu"):
     steps, notes = {STREAM: probe}, {}
     for name in contenders:
         try:
-            steps[name] = CONTENDERS[name](workload)
+            steps[name] = CONTENDERS[name](workload, device)
             for _ in range(warmup):
                 steps[name]()
         except Unavailable as why:
@@ -91,15 +91,25 @@ def run_workload(workload, contenders, repeats, warmup, probe, log=print):
             "results": rows, "unavailable": notes}
 
 
-def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=3, log=print):
+def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=3, log=print, device="cpu"):
+    """Every workload on ``device`` ("cpu", or "cuda": PyTorch's and JAX's first GPU, and the
+    stream probe there)."""
     contenders = list(contenders or CONTENDERS)
-    probe = StreamProbe()
-    report = {"machine": _machine(), "workloads": []}
+    probe = probe_for(device)
+    report = {"machine": {**_machine(), "device": _device_name(device)}, "workloads": []}
     for key in workloads:
-        result = run_workload(WORKLOADS[key], contenders, repeats, warmup, probe, log)
+        result = run_workload(WORKLOADS[key], contenders, repeats, warmup, probe, log, device)
         report["workloads"].append(result)
         log(format_table(result))
     return report
+
+
+def _device_name(device):
+    if device == "cpu":
+        return platform.processor() or platform.machine()
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 def _machine():

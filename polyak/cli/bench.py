@@ -30,5 +30,5 @@ def _run(args) -> int:
 
 def _argv(args):
     argv = ["--workloads", *args.workloads, "--contenders", *args.contenders,
-            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device]
     return argv + (["--json", args.json] if args.json else [])

@@ -28,6 +28,11 @@ Each stage says the same thing twice, in the two forms the tiers need:
   that role), scalars, and the key of the compiled kernel; ``fusable(plan)`` says whether
   it can, and the fused tiers decline a plan that any stage cannot fuse.
 
+A statement is one assignment ``name = expression`` of arithmetic (``+ - * /``, unary
+minus, parentheses) and ``clip(x, lo, hi)`` (NumPy's ``clip``: NaN stays NaN), so that
+every fused tier can write it in its own dialect (numba: ``cpu_codegen``; Triton:
+``triton_codegen``).
+
 A fused kernel is the concatenation of the stages' statements, so it performs the reference
 step's operations in the same order and dtype.
 """
@@ -159,8 +164,7 @@ class Clipping(Stage):
             call.add(key="global_clipnorm", gradient=("x = x * global_scale",),
                      scalars={"global_scale": clipping.global_scale(call.xp, norm, plan.global_clipnorm)})
         elif plan.clipvalue:
-            call.add(key="clipvalue", gradient=("if x < -clip_value:", "    x = -clip_value",
-                                                "elif x > clip_value:", "    x = clip_value"),
+            call.add(key="clipvalue", gradient=("x = clip(x, -clip_value, clip_value)",),
                      scalars={"clip_value": plan.clipvalue})
 
 

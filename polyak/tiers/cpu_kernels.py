@@ -29,6 +29,16 @@ def _pointer_like(typingctx, address, like):
     return pointer(address, like), codegen
 
 
+@njit(inline="always")
+def clip(x, lo, hi):
+    """The stages' ``clip``: ``x`` limited to ``[lo, hi]`` as ``np.clip`` does it, NaN kept."""
+    if x < lo:
+        return lo
+    if x > hi:
+        return hi
+    return x
+
+
 @njit(cache=True)
 def _address(a):
     return a.ctypes.data if a.flags.c_contiguous else -1

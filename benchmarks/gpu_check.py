@@ -1,0 +1,264 @@
+"""The check to run whenever a CUDA GPU is at hand (an H100 or H200): tier parity, then timings.
+
+Installs nothing; assumes PyTorch with CUDA and Triton, and ``pip install --no-deps -e .``
+done. Run from the repository root::
+
+    python benchmarks/gpu_check.py [--steps 5] [--repeats 20] [--json benchmarks/results/h100.json]
+
+1. Parity on the GPU, with fresh random data each run (the seed is printed): for each
+   configuration and weight dtype, the Triton tier (what CUDA tensors take by default) and the
+   foreach tier (``POLYAK_TIER=foreach``) against the reference tier (``fused = False``), on
+   every state entry after every step, bit for bit (to 1e-6 relative when clipping by norm,
+   whose sums run in another order). 16-bit weights and master weights are included: the
+   line says which tier ran them.
+2. Timings of W1-W4 (``polyak.bench.workloads``) on the GPU: polyak on each tier against
+   ``torch.optim.SGD(fused=True)`` and ``foreach=True`` (for W3 the torch composite: clip,
+   decay, fused SGD, EMA lerp), and the floor (the bytes a step must move over the copy
+   bandwidth measured in the same run); median step time with CUDA events, interleaved.
+3. ``polyak bench --device cuda`` (skip with ``--no-bench``): the benchmark's contenders on the
+   GPU, JAX and optax included, against its stream probe there.
+
+Prints a short table of each, last. Exits 1 if any parity line fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import polyak
+from polyak.bench.workloads import WORKLOADS, bytes_moved
+
+DEVICE = torch.device("cuda")
+SHAPES = [(3, 5), (1031,), (2, 1, 3), (257, 129)]
+NORM_RTOL = {torch.float32: 1e-6, torch.float64: 1e-13}
+CONFIGS = {
+    "momentum": dict(momentum=0.9),
+    "plain": dict(momentum=0.0),
+    "nesterov-decay-ema": dict(momentum=0.9, nesterov=True, weight_decay=0.1, use_ema=True,
+                               ema_overwrite_frequency=3),
+    "clipvalue": dict(momentum=0.9, clipvalue=0.1),
+    "clipnorm-loss-scale": dict(momentum=0.9, clipnorm=0.5, loss_scale_factor=16.0),
+    "global-clipnorm": dict(momentum=0.9, nesterov=True, global_clipnorm=1.0, use_ema=True),
+    "accumulation": dict(momentum=0.9, gradient_accumulation_steps=3, use_ema=True, loss_scale_factor=3.0),
+    "all": dict(momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=2.0, use_ema=True, ema_momentum=0.9,
+                ema_overwrite_frequency=4, gradient_accumulation_steps=2, loss_scale_factor=4.0),
+    "master-weights": dict(momentum=0.9, use_ema=True, weight_decay=0.01, clipvalue=1.0, master_weights=True),
+    # the rate computed on the device by the reference (float32 cos) and on the host by the fused tiers
+    "cosine-schedule": dict(momentum=0.9, learning_rate=polyak.optimizers.schedules.CosineDecay(
+        0.1, decay_steps=4, alpha=0.1, warmup_target=0.2, warmup_steps=2)),
+}
+#: (configuration, dtype) pairs run: every configuration in float32, a few in the other dtypes
+PAIRS = ([(name, torch.float32) for name in CONFIGS]
+         + [(name, torch.float64) for name in ("momentum", "nesterov-decay-ema", "global-clipnorm", "accumulation")]
+         + [(name, dtype) for name in ("momentum", "master-weights") for dtype in (torch.float16, torch.bfloat16)])
+TIERS = {"triton": {}, "foreach": {"POLYAK_TIER": "foreach"}}
+
+
+def run(options, dtype, tier, steps, seed):
+    """``(state after each step, tier that ran last)``; ``tier``: "reference" or a key of TIERS."""
+    saved = os.environ.pop("POLYAK_TIER", None)
+    os.environ.update(TIERS.get(tier, {}))
+    try:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        weights = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE, dtype)) for s in SHAPES]
+        opt = polyak.SGD(**{"learning_rate": 0.05, **options})
+        opt.exclude_from_weight_decay(var_list=[weights[1]])
+        opt.fused = tier != "reference"
+        history = []
+        for _ in range(steps):
+            grads = [(torch.randn(s, generator=generator) * 2).to(DEVICE, dtype) for s in SHAPES]
+            opt.apply(grads, weights)
+            history.append([w.detach().cpu() for w in weights] + [v.value.detach().cpu() for v in opt.variables])
+        return history, opt._last_tier
+    finally:
+        os.environ.pop("POLYAK_TIER", None)
+        if saved is not None:
+            os.environ["POLYAK_TIER"] = saved
+
+
+def compare(want, got, by_norm):
+    """"bitwise", "close", or what differs first."""
+    close = False
+    for step, (a, b) in enumerate(zip(want, got)):
+        for k, (x, y) in enumerate(zip(a, b)):
+            if x.dtype != y.dtype or x.shape != y.shape:
+                return f"step {step} entry {k}: {y.dtype}{tuple(y.shape)} for {x.dtype}{tuple(x.shape)}"
+            if torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)):
+                continue
+            if x.is_floating_point() and by_norm and torch.allclose(y, x, rtol=NORM_RTOL.get(x.dtype, 1e-3),
+                                                                   atol=NORM_RTOL.get(x.dtype, 1e-3)):
+                close = True
+                continue
+            diff = (y.double() - x.double()).abs().max().item() if x.is_floating_point() else "?"
+            return f"MISMATCH step {step} entry {k}: max |diff| {diff}"
+    return "close" if close else "bitwise"
+
+
+def parity(steps, seed):
+    rows, failed = [], False
+    for name, dtype in PAIRS:
+        options = CONFIGS[name]
+        want, ran = run(options, dtype, "reference", steps, seed)
+        assert ran == "reference", ran
+        by_norm = bool(options.get("clipnorm") or options.get("global_clipnorm"))
+        for tier in TIERS:
+            got, ran = run(options, dtype, tier, steps, seed)
+            verdict = compare(want, got, by_norm)
+            failed |= verdict.startswith("MISMATCH") or verdict.startswith("step")
+            rows.append((name, str(dtype).removeprefix("torch."), tier, ran, verdict))
+            print(f"parity {name:22} {rows[-1][1]:9} {tier:8} ran {ran:10} {verdict}", flush=True)
+    return rows, failed
+
+
+# --- timings --------------------------------------------------------------------------------------
+def _tensors(workload, seed=0):
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE)) for s in workload.shapes]
+    grads = [(torch.randn(s, generator=generator) * 1e-3).to(DEVICE) for s in workload.shapes]
+    return params, grads
+
+
+def polyak_step(workload, tier):
+    params, grads = _tensors(workload)
+    opt = polyak.SGD(**workload.options)
+    if workload.exclude_vectors:
+        opt.exclude_from_weight_decay(var_list=[p for p in params if p.ndim == 1])
+    opt.fused = tier != "reference"
+    env = TIERS.get(tier, {})
+
+    def step():
+        os.environ.update(env)
+        try:
+            opt.apply(grads, params)
+        finally:
+            os.environ.pop("POLYAK_TIER", None)
+
+    step()
+    if opt._last_tier != tier:
+        print(f"note: {workload.key}: polyak {tier} asked, {opt._last_tier} ran", flush=True)
+    return step
+
+
+def torch_step(workload, **flags):
+    params, grads = _tensors(workload)
+    for p, g in zip(params, grads):
+        p.grad = g
+    o = workload.options
+    opt = torch.optim.SGD(params, lr=o["learning_rate"], momentum=o["momentum"], nesterov=o.get("nesterov", False),
+                          **flags)
+    if not o.get("use_ema"):
+        return opt.step
+    decayed = [p for p in params if p.ndim > 1]
+    shrink = 1.0 - o["learning_rate"] * o["weight_decay"]
+    averages = [p.detach().clone() for p in params]
+
+    def step():
+        torch.nn.utils.clip_grad_norm_(params, o["global_clipnorm"], foreach=True)
+        with torch.no_grad():
+            torch._foreach_mul_(decayed, shrink)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(averages, params, 1.0 - 0.99)
+
+    return step
+
+
+def copy_probe(bytes_per_copy=1 << 28):
+    src = torch.empty(bytes_per_copy // 4, device=DEVICE)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src), 2 * bytes_per_copy
+
+
+def timings(names, repeats, warmup):
+    probe, probe_bytes = copy_probe()
+    rows = []
+    for key in names:
+        workload = WORKLOADS[key]
+        steps = {"polyak " + tier: polyak_step(workload, tier) for tier in ("triton", "foreach", "reference")}
+        steps["torch fused"] = torch_step(workload, fused=True)
+        steps["torch foreach"] = torch_step(workload, foreach=True)
+        steps["copy probe"] = probe
+        samples = {name: [] for name in steps}
+        for name, step in steps.items():
+            for _ in range(warmup):
+                step()
+        torch.cuda.synchronize()
+        for r in range(repeats):
+            order = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]
+            for name in order:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                wall = time.perf_counter()
+                start.record()
+                steps[name]()
+                end.record()
+                torch.cuda.synchronize()
+                samples[name].append(max(start.elapsed_time(end) / 1e3, time.perf_counter() - wall))
+        median = {name: statistics.median(s) for name, s in samples.items()}
+        floor = bytes_moved(workload) / (probe_bytes / median.pop("copy probe"))
+        for name, seconds in median.items():
+            rows.append((key, name, seconds * 1e3, seconds / median["torch fused"], seconds / floor))
+            print(f"time {key} {name:16} {seconds * 1e3:9.3f} ms  x{rows[-1][3]:6.2f} torch fused  "
+                  f"x{rows[-1][4]:6.2f} floor", flush=True)
+        rows.append((key, "floor", floor * 1e3, floor / median["torch fused"], 1.0))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    parser.add_argument("--no-bench", action="store_true", help="skip `polyak bench --device cuda`")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("No CUDA device: nothing to check.")
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time() * 1e3) % (1 << 31)
+    device = torch.cuda.get_device_name()
+    print(f"device {device}, torch {torch.__version__}, polyak {polyak.__file__}, seed {seed}", flush=True)
+    began = time.perf_counter()
+    parity_rows, failed = parity(args.steps, seed)
+    timing_rows = timings(args.workloads, args.repeats, args.warmup) if args.workloads else []
+    bench = None
+    if not args.no_bench and args.workloads:
+        from polyak.bench import harness
+
+        bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device="cuda")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "torch": torch.__version__, "seed": seed,
+                       "parity": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in parity_rows],
+                       "timings": [dict(zip(("workload", "contender", "ms", "vs_torch_fused", "vs_floor"), r))
+                                   for r in timing_rows], "bench": bench}, f, indent=1)
+    print(f"\n## Parity on {device} (seed {seed})\n")
+    print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
+    for row in parity_rows:
+        print("| " + " | ".join(row) + " |")
+    if timing_rows:
+        print(f"\n## Step time on {device}\n")
+        print("| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
+        for key, name, ms, vs_fused, vs_floor in timing_rows:
+            print(f"| {key} | {name} | {ms:.3f} | {vs_fused:.2f} | {vs_floor:.2f} |")
+    if bench:
+        from polyak.bench import harness
+
+        print(f"\n## polyak bench --device cuda on {device}")
+        for result in bench["workloads"]:
+            print(harness.format_table(result))
+    print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The foreach tier: PyTorch tensors off the CPU that the Triton tier cannot take, a few
+multi-tensor ``torch._foreach_*`` operations per stage.
+
+This is a third dialect of the stages' statements (:class:`~polyak.core.stages.KernelCall`):
+instead of compiling them, it evaluates each one over whole lists of tensors, one
+multi-tensor operation per arithmetic operation (``a * b`` is ``torch._foreach_mul(a, b)``,
+with a scalar of the weights' dtype or a per-tensor list of them where the statement has one),
+then writes back, with one ``torch._foreach_copy_`` each, the weights and every state role the
+statements assigned. The operations are the reference step's, in its order and dtype, so the
+numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
+such as DTensor runs its own foreach operations); nothing is packed.
+
+Takes a step when: every weight is a float32 or float64 tensor of one dtype on one device other
+than the CPU (with ``POLYAK_TIER=foreach``, see :mod:`polyak.tiers`, the CPU too); every stage
+can be fused for the plan; every weight is stepped and every gradient is a tensor of its
+weight's dtype and shape.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+
+from polyak.core import stages
+from polyak.optimizers import parameters as params_mod
+from polyak.optimizers.state_roles import MASTER
+
+_ZERO = "zero"  #: the value of a statement that sets a role to the constant 0
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class PerTensor(tuple):
+    """One scalar per tensor (a statement's ``{denominator}``), as Python floats."""
+
+
+def _local(role):
+    return f"{role}_"
+
+
+class Evaluator:
+    """Evaluates stage statements over lists of tensors; ``env`` maps each name to a list of
+    tensors (a ``list``: what foreach operations return is made one), a :class:`PerTensor`
+    or a scalar of the weights' dtype."""
+
+    _OPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+
+    def __init__(self, env):
+        self.env = dict(env)
+
+    def run(self, statement, roles, where=None):
+        """Assign the statement's value; ``where``: the tensor indices it applies to (else all)."""
+        tree = ast.parse(statement.format(denominator="denominator", **{r: _local(r) for r in roles}))
+        assign = tree.body[0]
+        if len(tree.body) != 1 or not isinstance(assign, ast.Assign) or not isinstance(assign.targets[0], ast.Name):
+            raise ValueError(f"A stage statement must be one assignment `name = expression`. Received: {statement!r}")
+        target = assign.targets[0].id
+        if isinstance(assign.value, ast.Constant):
+            if assign.value.value != 0:
+                raise ValueError(f"A stage statement may set only the constant 0. Received: {statement!r}")
+            self.env[target] = _ZERO
+            return
+        if where is None:
+            self.env[target] = self.value(assign.value, self.env)
+            return
+        subset = {k: [v[i] for i in where] if isinstance(v, (list, PerTensor)) else v for k, v in self.env.items()}
+        merged = list(self.env[target])
+        for i, value in zip(where, self.value(assign.value, subset)):
+            merged[i] = value
+        self.env[target] = merged
+
+    def value(self, node, env):
+        torch = _torch()
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            operand = self.value(node.operand, env)
+            return list(torch._foreach_neg(operand)) if isinstance(operand, list) else -operand
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "clip":
+            x, lo, hi = (self.value(a, env) for a in node.args)
+            return list(torch._foreach_clamp_max(torch._foreach_clamp_min(x, float(lo)), float(hi)))
+        if isinstance(node, ast.BinOp) and type(node.op) in self._OPS:
+            return self._binary(self._OPS[type(node.op)], self.value(node.left, env), self.value(node.right, env))
+        raise ValueError(f"A stage statement may not use {ast.unparse(node)!r}")
+
+    @staticmethod
+    def _binary(name, a, b):
+        torch = _torch()
+        if not isinstance(a, list) and not isinstance(b, list):  # two scalars of the weights' dtype
+            return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[name](a, b)
+        if not isinstance(a, list):  # a scalar on the left: s + x = x + s, s * x = x * s, s - x = -x + s
+            if name in ("add", "mul"):
+                a, b = b, a
+            elif name == "sub":
+                return list(torch._foreach_add(torch._foreach_neg(b), _scalar(a)))
+            else:
+                raise ValueError("A stage statement may not divide a scalar by a tensor")
+        return list(getattr(torch, f"_foreach_{name}")(a, b if isinstance(b, list) else _scalar(b)))
+
+
+def _scalar(value):
+    """A scalar or per-tensor scalars as foreach operations take them: exact Python floats."""
+    return list(value) if isinstance(value, PerTensor) else float(value)
+
+
+class ForeachStep:
+    """One step's lists: weights, gradients and state by role; runs the call's statements."""
+
+    def __init__(self, weights, grads, roles, decaying):
+        self.weights, self.grads, self.roles = weights, grads, roles
+        self.decaying = decaying  #: indices of the weights subject to decay
+
+    def _env(self, call):
+        env = {"x": self.grads, "wv": self.weights, **call.scalars}
+        env.update({_local(role): tensors for role, tensors in self.roles.items()})
+        if call.denominators is not None:
+            env["denominator"] = PerTensor(float(d) for d in call.denominators)
+        return env
+
+    def sum_squares(self, call):
+        """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient statements."""
+        torch = _torch()
+        evaluator = Evaluator(self._env(call))
+        for statement in call.gradient_statements():
+            evaluator.run(statement, call.roles)
+        norms = torch._foreach_norm(list(evaluator.env["x"]), 2, dtype=torch.float64)
+        return torch.stack(norms).square().cpu().numpy()
+
+    def run(self, call):
+        torch = _torch()
+        evaluator = Evaluator(self._env(call))
+        for kind, statement in call.body:
+            if kind != "decayed":
+                evaluator.run(statement, call.roles)
+            elif self.decaying:
+                evaluator.run(statement, call.roles, where=self.decaying)
+        targets = [("wv", self.weights)] + [(_local(role), tensors) for role, tensors in self.roles.items()]
+        for name, tensors in targets:
+            new = evaluator.env[name]
+            if new is _ZERO:
+                torch._foreach_zero_(tensors)
+            elif new is not tensors:
+                torch._foreach_copy_(tensors, new)
+
+
+def _dtype(values):
+    torch = _torch()
+    dtype = values[0].dtype
+    ok = dtype in (torch.float32, torch.float64) and all(
+        isinstance(v, torch.Tensor) and v.dtype is dtype and v.layout == torch.strided for v in values)
+    return dtype if ok else None
+
+
+def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
+    """Whether this tier can run the (validated) step; ``forced``: asked for by
+    ``POLYAK_TIER=foreach``, which lets CPU tensors in."""
+    backend = optimizer._backend
+    if backend.name != "torch" or (backend.device.type == "cpu" and not forced):
+        return False
+    built = optimizer._trainable_variables
+    if not (variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))):
+        return False
+    if not stages.fusable(plan):
+        return False
+    weights = [params_mod.value_of(v) for v in built]
+    dtype = _dtype(weights) if weights else None
+    return dtype is not None and len(grads) == len(weights) and all(
+        g is not None and _dtype([g]) is dtype and g.shape == w.shape for g, w in zip(grads, weights))
+
+
+class ForeachTier:
+    name = "foreach"
+
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        backend = optimizer._backend
+        weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
+        roles = {role: [v.value for v in group] for role, group in optimizer.state_roles.per_weight
+                 if role != MASTER}
+        decaying = [i for i, d in enumerate(plan.decay_mask) if d] if plan.weight_decay is not None else []
+        step = ForeachStep(weights, list(grads), roles, decaying)
+        dtype = np.dtype(str(weights[0].dtype).removeprefix("torch."))
+        iteration = backend.to_numpy(optimizer._iterations.value)
+        stored = optimizer.state_roles.learning_rate
+        call = stages.KernelCall(
+            iteration=iteration,
+            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
+            xp=np,
+            cast=lambda value: dtype.type(value),
+            cast_array=lambda values: np.asarray(values).astype(dtype),
+            sum_squares=step.sum_squares,
+        )
+        with np.errstate(all="ignore"), backend.step_context():
+            stages.kernel_call(plan, call)
+            step.run(call)
+        optimizer._iterations.assign(iteration + 1)
+        return self.name
+
+
+TIER = ForeachTier()

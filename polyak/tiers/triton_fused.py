@@ -1,0 +1,220 @@
+"""The Triton tier: PyTorch tensors on a CUDA device, one generated Triton kernel launch per step.
+
+Like ``cpu_fused``, the optimizer's per-weight state is moved at the first step into one
+flat buffer per role (here a tensor on the weights' device; each ``Variable`` keeps a view
+into it), weights and gradients are reached through tables of their addresses, and the
+kernel is written from the stages' statements for each call (``triton_codegen``) with the
+scalars the same stages decide. A step is one launch over chunks of ``BLOCK`` elements of
+every tensor, and one more (a per-chunk sum of squares) when clipping by norm.
+
+Takes a step when: Triton imports; every weight is a plain, contiguous float32 or float64
+tensor (no subclass such as DTensor) of one dtype on one CUDA device; every stage can be
+fused for the plan; every weight is stepped and every gradient is a contiguous tensor of its
+weight's dtype, shape and device. With ``TRITON_INTERPRET=1`` and ``POLYAK_TIER=triton``
+(see :mod:`polyak.tiers`) it also takes CPU tensors, through Triton's interpreter: how the
+tests run this kernel without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from polyak.core import stages
+from polyak.optimizers import parameters as params_mod
+from polyak.optimizers.state_roles import MASTER
+from polyak.tiers import triton_codegen
+
+BLOCK = 1024  #: elements per program
+NUM_WARPS = 4
+#: how every kernel is compiled: no FP contraction, so each operation is rounded as in the reference
+COMPILE_OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+_available = None
+
+
+def available() -> bool:
+    """Whether Triton imports (imported on first use, to keep ``import polyak`` fast)."""
+    global _available
+    if _available is None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _available = False
+        else:
+            _available = True
+    return _available
+
+
+def interpreted() -> bool:
+    """Whether Triton runs its kernels in its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _plain(tensor, dtype, device):
+    torch = _torch()
+    return (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.dtype is dtype and tensor.device == device
+            and tensor.layout == torch.strided and tensor.is_contiguous())
+
+
+class TritonState:
+    """What the tier keeps for one optimizer's built weights: flat state and tables, on the device."""
+
+    def __init__(self, variables, weights, per_weight, decay_mask):
+        torch = _torch()
+        self.weights = list(weights)
+        self._held = [(v, w) for v, w in zip(variables, self.weights) if v is not w]
+        self.dtype, self.device = self.weights[0].dtype, self.weights[0].device
+        self.numpy_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        self.shapes = [tuple(w.shape) for w in self.weights]
+        sizes = [w.numel() for w in self.weights]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.decay_mask = tuple(decay_mask)
+        self.sizes, self.offsets = self.table(sizes), self.table(offsets)
+        self.decay = self.table(np.array(decay_mask, np.int64))
+        self.weight_table = self.table([w.data_ptr() for w in self.weights])
+        #: one flat buffer per role (``state_roles``), each Variable a view into it
+        self.buffers = {role: self._pack(group, sizes, offsets) for role, group in per_weight if role != MASTER}
+        chunks = [(t, start) for t, size in enumerate(sizes) for start in range(0, max(size, 1), BLOCK)]
+        self.chunk_tensor, self.chunk_start = (self.table(c) for c in zip(*chunks))
+        self.grid = (len(chunks),)
+        self._no_denominators = torch.ones(len(self.weights), dtype=self.dtype, device=self.device)
+        self._chunk_sums = torch.zeros(len(chunks), dtype=torch.float64, device=self.device)
+
+    def table(self, values):
+        """An int64 table on the device."""
+        return _torch().from_numpy(np.asarray(values, np.int64)).to(self.device)
+
+    def _pack(self, variables, sizes, offsets):
+        torch = _torch()
+        flat = torch.zeros(int(sum(sizes)), dtype=self.dtype, device=self.device)
+        for variable, offset, size, shape in zip(variables, offsets, sizes, self.shapes):
+            variable._rebind(flat[offset:offset + size].view(shape))
+        return flat
+
+    def still_bound(self) -> bool:
+        """Whether every Variable among the weights still holds the tensor the kernel writes."""
+        return all(v._value is w for v, w in self._held)
+
+    def addresses(self, grads):
+        """The gradients' addresses, or None unless each is a plain contiguous tensor of its
+        weight's dtype, shape and device."""
+        if len(grads) != len(self.shapes) or not all(
+                _plain(g, self.dtype, self.device) and tuple(g.shape) == shape for g, shape in zip(grads, self.shapes)):
+            return None
+        return [g.data_ptr() for g in grads]
+
+    def _scalars(self, call):
+        values = np.array([*call.scalars.values()] or [0], self.numpy_dtype)
+        return _torch().from_numpy(values).to(self.device)
+
+    def _device(self):
+        torch = _torch()
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def sum_squares(self, grad_table, call):
+        """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient
+        statements (summed per chunk, then per tensor: in another order than the reference)."""
+        torch = _torch()
+        kernel = triton_codegen.load_sum_squares(call, interpreted())
+        with self._device():
+            kernel[self.grid](self.chunk_tensor, self.chunk_start, grad_table, self.sizes, self.offsets,
+                              self._chunk_sums, self._scalars(call), *(self.buffers[r] for r in call.roles),
+                              BLOCK=BLOCK, **COMPILE_OPTIONS)
+        totals = torch.zeros(len(self.weights), dtype=torch.float64, device=self.device)
+        return totals.index_add_(0, self.chunk_tensor, self._chunk_sums).cpu().numpy()
+
+    def run(self, grad_table, call):
+        """One fused step; every scalar is a scalar of the weights' dtype."""
+        torch = _torch()
+        kernel = triton_codegen.load_update(call, interpreted())
+        denominators = self._no_denominators if call.denominators is None else \
+            torch.from_numpy(np.asarray(call.denominators, self.numpy_dtype)).to(self.device)
+        with self._device():
+            kernel[self.grid](self.chunk_tensor, self.chunk_start, self.weight_table, grad_table, self.sizes,
+                              self.offsets, self.decay, denominators, self._scalars(call),
+                              *(self.buffers[r] for r in call.roles), BLOCK=BLOCK, **COMPILE_OPTIONS)
+
+
+def _device_ok(device, forced):
+    return device.type == "cuda" or (forced and device.type == "cpu" and interpreted())
+
+
+def _prepared(optimizer, plan, forced):
+    """The optimizer's TritonState for its built weights (made now if needed), or None."""
+    state = optimizer._tier_cache
+    decay_mask = tuple(plan.decay_mask) if plan.weight_decay is not None else (False,) * len(plan.decay_mask)
+    if isinstance(state, TritonState) and state.still_bound() and state.decay_mask == decay_mask:
+        return state
+    if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced) or not available():
+        return None
+    weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
+    if not weights or weights[0].dtype not in (_torch().float32, _torch().float64) or not all(
+            _plain(w, weights[0].dtype, weights[0].device) for w in weights):
+        return None
+    state = TritonState(optimizer._trainable_variables, weights, optimizer.state_roles.per_weight, decay_mask)
+    optimizer._tier_cache = state
+    return state
+
+
+def _all_weights(optimizer, variables):
+    built = optimizer._trainable_variables
+    return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
+
+
+def exact_gradients(optimizer, variables, grads):
+    """The gradients' addresses when this tier is prepared for exactly these weights and every
+    gradient is a plain contiguous tensor of its weight's dtype, shape and device; else None."""
+    state = optimizer._tier_cache
+    if not isinstance(state, TritonState) or not _all_weights(optimizer, variables) or not state.still_bound():
+        return None
+    return state.addresses(grads)
+
+
+def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> bool:
+    """Whether this tier can run the (validated) step (then it is prepared for it);
+    ``forced``: asked for by ``POLYAK_TIER=triton``, which lets CPU tensors in under the
+    interpreter; ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
+    if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced):
+        return False
+    if not _all_weights(optimizer, variables) or not available():
+        return False
+    if not stages.fusable(plan):
+        return False
+    state = _prepared(optimizer, plan, forced)
+    return state is not None and (proof is not None or state.addresses(grads) is not None)
+
+
+class TritonTier:
+    name = "triton"
+
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        state = optimizer._tier_cache
+        grad_table = state.table(proof if proof is not None else state.addresses(grads))
+        backend = optimizer._backend
+        iteration = backend.to_numpy(optimizer._iterations.value)
+        stored = optimizer.state_roles.learning_rate
+        scalar, dtype = state.numpy_dtype.type, state.numpy_dtype
+        call = stages.KernelCall(
+            iteration=iteration,
+            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
+            xp=np,
+            cast=lambda value: scalar(value),
+            cast_array=lambda values: np.asarray(values).astype(dtype),
+            sum_squares=lambda c: state.sum_squares(grad_table, c),
+        )
+        with np.errstate(all="ignore"):
+            stages.kernel_call(plan, call)
+            state.run(grad_table, call)
+        optimizer._iterations.assign(iteration + 1)
+        return self.name
+
+
+TIER = TritonTier()

@@ -1,0 +1,146 @@
+"""The Triton tier without a GPU: its kernel in Triton's interpreter, and its PTX for sm_90.
+
+* Under ``TRITON_INTERPRET=1`` with ``POLYAK_TIER=triton`` the tier takes CPU tensors, so the
+  generated kernel runs (in NumPy, per program) on small odd-shaped tensors, one of them
+  longer than a block; it must equal the reference tier on every state entry after every
+  step, bit for bit, except a norm (clipping by norm), summed in another order.
+* Compiled for an H100 (sm_90) without a device (Triton bundles ptxas), the kernels must
+  hold no fused multiply-add, no approximate division and no other approximate instruction.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Triton decides at import whether its own library functions (``tl.sum``) run in the
+# interpreter, so the variable is set before anything imports it; the PTX check runs in a
+# process of its own, without it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import optimizer_db as db  # noqa: E402
+import polyak  # noqa: E402
+
+triton = pytest.importorskip("triton")
+torch = pytest.importorskip("torch")
+
+from polyak.tiers import triton_codegen, triton_fused  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: a tensor longer than a block, so a tensor spans several programs and the last is partial
+SHAPES = [(3, 5), (triton_fused.BLOCK + 7,), (2, 1, 3)]
+NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
+
+CASES = ([(c, "float32") for c in db.KERNEL_GRID] + [(c, "float64") for c in db.KERNEL_GRID[1::4]]
+         + [(c, "float32") for c in db.configs("features") + db.GRID_PAIRWISE[:4]])
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    assert triton.knobs.runtime.interpret, "triton was imported before this module set TRITON_INTERPRET=1"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("POLYAK_TIER", "triton")
+
+
+@pytest.mark.parametrize("config,dtype", CASES, ids=[f"{c.id}-{d}" for c, d in CASES])
+def test_the_interpreted_kernel_equals_the_reference(config, dtype, interpreted, monkeypatch):
+    got, opt = db.run_on_tier(config, "torch", dtype, "cpu_fused", shapes=SHAPES)
+    assert db.tier_that_ran(opt) == ("triton" if db.fused_takes(config, "torch", dtype) else "reference")
+    monkeypatch.delenv("POLYAK_TIER")
+    want, reference = db.run_on_tier(config, "torch", dtype, "reference", shapes=SHAPES)
+    assert db.tier_that_ran(reference) == "reference"
+    rtol, atol = NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0)
+    for step, (a, b) in enumerate(zip(want, got)):
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            if rtol:
+                np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"step {step}: entry {k}")
+            else:
+                np.testing.assert_array_equal(y, x, err_msg=f"step {step}: entry {k}")
+
+
+def test_clipping_by_value_keeps_nan_and_signed_zero_as_the_reference(interpreted, monkeypatch):
+    def run():
+        w = [torch.nn.Parameter(torch.zeros(6))]
+        opt = polyak.SGD(learning_rate=1.0, clipvalue=0.5)
+        opt.apply([torch.tensor([np.nan, -0.0, 0.7, -3.0, np.inf, 0.25])], w)
+        return opt, w[0].detach().numpy()
+
+    opt, got = run()
+    assert db.tier_that_ran(opt) == "triton"
+    monkeypatch.delenv("POLYAK_TIER")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    opt, want = run()
+    assert db.tier_that_ran(opt) == "cpu_fused"
+    np.testing.assert_array_equal(got, want)
+    assert np.signbit(got).tolist() == np.signbit(want).tolist()
+
+
+def test_without_the_variable_cpu_tensors_do_not_take_the_triton_tier(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("POLYAK_TIER", raising=False)
+    w = [torch.nn.Parameter(torch.ones(3))]
+    opt = polyak.SGD(momentum=0.9)
+    opt.apply([torch.ones(3)], w)
+    assert db.tier_that_ran(opt) == "cpu_fused"
+
+
+def test_the_dialect():
+    assert triton_codegen.statement("x = x / loss_scale", []) == "x = div(x, loss_scale)"
+    assert triton_codegen.statement("x = clip(x, -clip_value, clip_value)", []) == \
+        "x = clip(x, -clip_value, clip_value)"
+    assert triton_codegen.statement("{momentum} = v", ["momentum"]) == "momentum_ = v"
+    assert triton_codegen.statement("wv = wv - wv * weight_decay * lr", [], decayed=True) == \
+        "wv = tl.where(decays, wv - wv * weight_decay * lr, wv)"
+    assert triton_codegen.statement("{gradient_accumulator} = 0", ["gradient_accumulator"]) == \
+        "gradient_accumulator_ = tl.full([BLOCK], 0, x.dtype)"
+    for bad in ("if x < 0:\n    x = 0", "x = x ** 2", "x = abs(x)", "x, y = y, x"):
+        with pytest.raises(ValueError, match="statement"):
+            triton_codegen.statement(bad, [])
+
+
+# --- PTX for sm_90 --------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
+    """Every kernel the stages can ask for (``tests/triton_ptx.py``), compiled for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_ptx.py"), dtype], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["polyak"].startswith(str(ROOT)), report["polyak"]
+    assert len(report["kernels"]) >= 6
+    for kernel in report["kernels"]:
+        assert kernel["stores"], f"{kernel['name']}: stores nothing; it was not compiled as expected"
+        assert kernel["forbidden"] == [], kernel["name"]
+    assert any(kernel["divisions"] for kernel in report["kernels"])
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("case", ["non-contiguous gradient", "float64 gradient", "None gradient"])
+def test_calls_the_kernel_cannot_take_fall_back_and_agree(case, interpreted, monkeypatch):
+    def run():
+        generator = torch.Generator().manual_seed(3)
+        a, b = (torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(4, 4), (5,)])
+        opt = polyak.SGD(momentum=0.9, use_ema=True)
+        tiers = []
+        for step in range(4):
+            ga, gb = torch.randn(4, 4, generator=generator), torch.randn(5, generator=generator)
+            if step == 2:
+                ga = {"non-contiguous gradient": ga.t(), "float64 gradient": ga.double(), "None gradient": None}[case]
+            opt.apply([ga, gb], [a, b])
+            tiers.append(db.tier_that_ran(opt))
+        return tiers, [a.detach().numpy(), b.detach().numpy()] + [db.to_numpy(v) for v in opt.variables]
+
+    tiers, got = run()
+    assert tiers[:2] + tiers[3:] == ["triton"] * 3 and tiers[2] in ("reference", "cpu_fused")
+    monkeypatch.delenv("POLYAK_TIER")
+    _, want = run()
+    for x, y in zip(want, got):
+        np.testing.assert_array_equal(y, x)
