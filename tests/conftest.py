@@ -1,5 +1,11 @@
-"""Keras 3 runs beside polyak as the reference, on its NumPy backend."""
+"""Keras 3 runs beside polyak as the reference, on its NumPy backend.
+
+Triton kernels run in Triton's interpreter (on CPU tensors): Triton reads ``TRITON_INTERPRET``
+when it is first imported, and other test modules (torch's compiler, Lightning) import it at
+collection, so it is set here, before any of them.
+"""
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "numpy")
+os.environ.setdefault("TRITON_INTERPRET", "1")
