@@ -143,3 +143,66 @@ def test_dcp_flattened_state_dict_round_trips():
     dcp_state.set_optimizer_state_dict(resumed, fresh, flat, options=options)
     train(resumed, fresh, 3, start=4)
     assert_same(resumed.parameters(), straight.parameters())
+
+
+# --- torch.compile and autocast ----------------------------------------------------------------
+X = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+
+
+def record_gradients(opt):
+    """The gradients every step of ``opt`` took, as it saw them."""
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append([p.grad.detach().clone() for p in o._params()]))
+    return seen
+
+
+def replay(gradients, **config):
+    model = model_for()
+    lr = config.pop("lr")
+    keras, params = polyak.SGD(learning_rate=lr, **config), list(model.parameters())
+    for grads in gradients:
+        keras.apply(grads, params)
+    return params
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+def test_compiled_training_step_equals_polyak_sgd_on_its_gradients(autocast):
+    torch._dynamo.reset()
+    model = model_for()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    gradients = record_gradients(opt)
+
+    @torch.compile
+    def training_step(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = (model(x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            training_step(X)
+    assert len(gradients) == 3 and opt._last_tier == "cpu_fused"
+    assert all(g.dtype == torch.float32 for g in gradients[0])
+    assert_same(model.parameters(), replay(gradients, lr=0.1, momentum=0.9, nesterov=True))
+
+
+def test_autocast_forward_and_a_step_inside_autocast_equal_polyak_sgd_on_the_same_gradients():
+    model = model_for()
+    opt = SGD(model.parameters(), **CONFIG)
+    gradients = record_gradients(opt)
+    for step in range(4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (model(X) ** 2).mean()
+            assert loss.dtype == torch.bfloat16
+            loss.backward()
+            if step % 2:
+                opt.step()
+        if not step % 2:
+            opt.step()
+        opt.zero_grad()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert_same(model.parameters(), replay(gradients, **CONFIG))

@@ -184,9 +184,13 @@ class SGD(torch.optim.Optimizer):
         return internal
 
     # --- torch's Optimizer --------------------------------------------------------
+    @torch.compiler.disable
     def step(self, closure=None):
         """One polyak step with the gradients in ``p.grad`` (parameters without one are left
-        alone); ``closure`` is called first, under ``enable_grad``, and its loss returned."""
+        alone); ``closure`` is called first, under ``enable_grad``, and its loss returned.
+
+        Under ``torch.compile`` the step is a graph break: it runs eagerly, on polyak's tiers
+        (the fused kernel, not a traced copy of it), and gives the same numbers."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
