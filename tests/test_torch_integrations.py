@@ -48,9 +48,11 @@ class Recorder:
         opt.register_step_pre_hook(lambda o, a, k: self.rates.append(o.param_groups[0]["lr"]))
 
 
-def replay(model, recorder, loss_of, clip=None, **config):
-    """polyak.SGD.apply on a copy of ``model``, one step per recorded forward, at the recorded rates."""
+def replay(model, recorder, loss_of, clip=None, exclude=(), **config):
+    """polyak.SGD.apply on a copy of ``model``, one step per recorded forward, at the recorded rates
+    (no decay for the weights in ``exclude``)."""
     keras = polyak.SGD(learning_rate=recorder.rates[0], **config)
+    keras.exclude_from_weight_decay(var_list=list(exclude))
     params = list(model.parameters())
     for (args, kwargs), rate in zip(recorder.calls, recorder.rates):
         model.zero_grad()
@@ -153,6 +155,47 @@ def test_hf_trainer_trains_as_polyak_sgd_and_resumes_exactly(tmp_path):
     expected = replay(start, recorder, gpt2_loss, momentum=0.9, clip=1.0)
     assert_same(straight.parameters(), expected)
     resumed, _, resumed_recorder, _ = hf_train(tmp_path / "resumed", resume=str(tmp_path / "straight/checkpoint-2"))
+    assert resumed_recorder.rates == recorder.rates[2:]
+    assert_same(resumed.parameters(), straight.parameters())
+
+
+class WatchOptimizer(transformers.TrainerCallback):
+    """Hands the optimizer the Trainer built (inside accelerate's wrapper) to the recorder."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.recorder.watch(optimizer.optimizer)
+
+
+def hf_train_with_cls(out, resume=None, max_steps=4):
+    model = gpt2()
+    recorder = Recorder(model)
+    start = copy.deepcopy(model)
+    args = transformers.TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=2,
+                                          save_strategy="steps", save_steps=2, logging_strategy="no", report_to=[],
+                                          use_cpu=True, seed=0, disable_tqdm=True, max_grad_norm=1.0,
+                                          weight_decay=0.01, lr_scheduler_type="linear")
+    data = [{"input_ids": t, "labels": t} for t in TOKENS]
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[WatchOptimizer(recorder)],
+                                   optimizer_cls_and_kwargs=(SGD, {"lr": 0.1, "momentum": 0.9}))
+    trainer.train(resume_from_checkpoint=resume)
+    return model, start, recorder, trainer.optimizer.optimizer
+
+
+def test_hf_trainer_builds_it_from_optimizer_cls_and_kwargs_and_resumes_exactly(tmp_path):
+    straight, start, recorder, opt = hf_train_with_cls(tmp_path / "straight")
+    assert isinstance(opt, SGD) and opt._last_tier == "cpu_fused"
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    names = {id(p): n for n, p in straight.named_parameters()}
+    excluded = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert "transformer.h.0.ln_1.weight" in excluded and "transformer.h.0.attn.c_attn.weight" not in excluded
+    no_decay = [p for n, p in start.named_parameters() if n in excluded]
+    expected = replay(start, recorder, gpt2_loss, momentum=0.9, clip=1.0, weight_decay=0.01, exclude=no_decay)
+    assert_same(straight.parameters(), expected)
+    resumed, _, resumed_recorder, _ = hf_train_with_cls(tmp_path / "resumed",
+                                                        resume=str(tmp_path / "straight/checkpoint-2"))
     assert resumed_recorder.rates == recorder.rates[2:]
     assert_same(resumed.parameters(), straight.parameters())
 

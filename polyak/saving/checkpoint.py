@@ -94,8 +94,13 @@ def _check_path(path):
 
 
 def _check_optimizer(optimizer):
+    """``optimizer``, or for a face (``polyak.torch.SGD``) the polyak optimizer it holds."""
+    held = getattr(optimizer, "_checkpoint_optimizer", None)
+    if callable(held):
+        optimizer = held()
     if not isinstance(optimizer, Optimizer):
-        validation.fail("optimizer", optimizer, "a polyak Optimizer", TypeError)
+        validation.fail("optimizer", optimizer, "a polyak Optimizer or polyak.torch.SGD", TypeError)
+    return optimizer
 
 
 def _check_weights(weights, argument):
@@ -123,15 +128,16 @@ def save(path, optimizer, variables=None):
 
     Args:
         path: the file to write (replaced whole, never partially).
-        optimizer: a polyak optimizer; its learning rate must be serializable
-            (a float or a schedule, not a bare callable).
+        optimizer: a polyak optimizer (or ``polyak.torch.SGD``: the state it holds, keyed
+            by its parameters' names); its learning rate must be serializable (a float or
+            a schedule, not a bare callable).
         variables: optionally, weights whose values to store, keyed by path.
 
     Raises ``ValueError``/``TypeError`` before touching the disk if anything
     cannot be saved.
     """
     path = _check_path(path)
-    _check_optimizer(optimizer)
+    optimizer = _check_optimizer(optimizer)
     variables = _check_weights(variables, "variables")
     config = serialization.serialize(optimizer)
     try:
@@ -247,7 +253,8 @@ def load(path, optimizer=None, variables=None, strict=True):
         optimizer: the optimizer to restore into: its hyperparameters are kept
             and its variables loaded (a float learning rate is one, as in Keras).
             None: a new one is made from the stored config; only polyak's and
-            registered classes can be made.
+            registered classes can be made. A ``polyak.torch.SGD`` takes the state
+            and keeps its param groups (torch's ``state_dict`` carries those).
         variables: the weights. An unbuilt optimizer is built on them; if the
             file holds weight values, they are loaded into them by path.
         strict: every name, shape and dtype must match, else a
@@ -257,8 +264,9 @@ def load(path, optimizer=None, variables=None, strict=True):
     """
     path = _check_path(path)
     strict = validation.boolean("strict", strict)
+    given = optimizer
     if optimizer is not None:
-        _check_optimizer(optimizer)
+        optimizer = _check_optimizer(optimizer)
     if variables is not None:
         variables = parameters.check_parameters(_check_weights(variables, "variables"))
     tensors, metadata = files.read(path)
@@ -285,9 +293,11 @@ def load(path, optimizer=None, variables=None, strict=True):
     for key, destination in expected.items():
         if key in relevant and key not in skipped:
             assign(destination, relevant[key])
+    if given is not None and given is not target:
+        given._checkpoint_loaded()
     if mismatch:
         warnings.warn(CheckpointMismatchWarning(mismatch), stacklevel=2)
-    return target
+    return target if given is None else given
 
 
 def keras_store(path):

@@ -184,22 +184,37 @@ class SGD(torch.optim.Optimizer):
         return internal
 
     # --- torch's Optimizer --------------------------------------------------------
+    @torch.compiler.disable
     def step(self, closure=None):
         """One polyak step with the gradients in ``p.grad`` (parameters without one are left
-        alone); ``closure`` is called first, under ``enable_grad``, and its loss returned."""
+        alone); ``closure`` is called first, under ``enable_grad``, and its loss returned.
+
+        Under ``torch.compile`` the step is a graph break: it runs eagerly, on polyak's tiers
+        (the fused kernel, not a traced copy of it), and gives the same numbers."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         internal = self._prepare()
         params = [p for p in self._params() if p.grad is not None]
-        if params:
+        if self._initialises_state(params):
+            self._has_state = True
+        elif params:
             built = internal._trainable_variables
             internal.apply([p.grad for p in params], built if len(params) == len(built) else params)
             self._has_state = True
         for index, schedule in self._schedules.items():
             self.param_groups[index]["lr"] = groups_mod.current_rate(schedule, self._iteration())
         return loss
+
+    def _initialises_state(self, params):
+        """Whether this step is torch's request to create the state (DCP's and FSDP's
+        ``_init_optim_state``): a first step, at rate 0 in every group, on gradients that are
+        all zero. It creates the state and changes nothing else, not even the iteration count
+        (a step would: Keras's counter, its first EMA average, an accumulation's phase)."""
+        return (not self._has_state and bool(params)
+                and all(float(group["lr"]) == 0 for group in self.param_groups)
+                and not any(bool(p.grad.any()) for p in params))
 
     @property
     def _last_tier(self):
@@ -293,6 +308,16 @@ class SGD(torch.optim.Optimizer):
                                      "model.")
             saved_state[i] = entry
         return saved_groups, saved_state
+
+    # --- polyak.save / polyak.load -----------------------------------------------------
+    def _checkpoint_optimizer(self):
+        """The polyak optimizer whose variables ``polyak.save`` writes and ``polyak.load`` reads:
+        the one behind this face, built on every parameter (its keys are the parameters' names
+        when they were given as ``named_parameters``)."""
+        return self._prepare()
+
+    def _checkpoint_loaded(self):
+        self._has_state = True
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):

@@ -73,7 +73,8 @@ def _as_int(value):
 class LiveState(MutableMapping):
     """``optimizer.state``: each parameter's entries read from polyak's variables when asked.
 
-    Empty until the first step (or a loaded state), as torch's is. Assigning
+    Empty until the first step (or a loaded state), as torch's is; reading a parameter without
+    state gives ``{}``, as torch's ``defaultdict`` does (without adding it). Assigning
     ``state[p] = {...}`` (Lightning does, after moving tensors to the device) writes the
     values into the variables."""
 
@@ -89,7 +90,7 @@ class LiveState(MutableMapping):
     def __getitem__(self, param):
         index = self._index(param)
         if index is None:
-            raise KeyError(param)
+            return {}
         return entries(self._face._internal, index)
 
     def __setitem__(self, param, values):
