@@ -184,7 +184,7 @@ class ForeachTier:
         decaying = [i for i, d in enumerate(plan.decay_mask) if d] if plan.weight_decay is not None else []
         step = ForeachStep(weights, list(grads), roles, decaying)
         dtype = np.dtype(str(weights[0].dtype).removeprefix("torch."))
-        iteration = backend.to_numpy(optimizer._iterations.value)
+        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
         stored = optimizer.state_roles.learning_rate
         call = stages.KernelCall(
             iteration=iteration,
@@ -197,7 +197,7 @@ class ForeachTier:
         with np.errstate(all="ignore"), backend.step_context():
             stages.kernel_call(plan, call)
             step.run(call)
-        optimizer._iterations.assign(iteration + 1)
+        optimizer._iterations.advance()
         return self.name
 
 
