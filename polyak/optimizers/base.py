@@ -268,20 +268,17 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
     def _step(self, param_values, optimizer_values, grads, host_iteration=None):
         """The pure step on values: ``(new weight values, new optimizer values)``, aligned with
         the built weights and ``variables``. Wrappers (``LossScaleOptimizer``) guard it.
-        ``host_iteration``: the iteration value as a Python int, when ``apply`` knows it (its
-        host copy, see ``iteration_count``), for decisions taken without reading the device."""
+        ``host_iteration``: ``apply``'s host copy of the count (``iteration_count``), if known."""
         if custom_rules.keras_style(self):
             return custom_rules.step(self, param_values, optimizer_values, grads)
         roles = self.state_roles
         state = roles.state_from(self._variables, optimizer_values)
         with self._backend.step_context():
-            new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads,
-                                               host_iteration=host_iteration)
+            new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads, host_iteration)
         return new_params, roles.values_from(self._variables, new_state, optimizer_values)
 
     def _counts_every_call(self) -> bool:
-        """Whether every ``apply`` adds one to the iteration count whatever the gradients (not
-        with ``skip_nonfinite``, whose skipped calls are decided on the device)."""
+        """Whether every ``apply`` counts, whatever the gradients (not with ``skip_nonfinite``)."""
         return not self.skip_nonfinite
 
     # --- applying gradients -------------------------------------------------------
