@@ -85,11 +85,11 @@ def _ops_per_step(options, n_tensors):
 
 @pytest.mark.parametrize("options,most", [(W1, 10), (W3, 40)], ids=["W1", "W3"])
 def test_a_step_is_a_handful_of_multi_tensor_operations(options, most, monkeypatch):
-    """At most ``most`` multi-tensor operations, and a few on the scalars (reading the
-    iteration count and the stored rate, writing the count; the global norm), whatever the number
-    of tensors."""
+    """At most ``most`` multi-tensor operations, and a few on 0-d tensors (advancing the
+    iteration count; the global norm and its clipping factor, kept on the device), whatever the
+    number of tensors."""
     monkeypatch.setenv("POLYAK_TIER", "foreach")
     few, many = _ops_per_step(options, 4), _ops_per_step(options, 40)
     assert few == many, f"an operation per tensor: {dict(few)} on 4 tensors, {dict(many)} on 40"
     foreach = sum(n for name, n in many.items() if name.startswith("_foreach"))
-    assert 3 <= foreach <= most and sum(many.values()) - foreach <= 10, dict(many)
+    assert 3 <= foreach <= most and sum(many.values()) - foreach <= 15, dict(many)

@@ -8,6 +8,7 @@ Imported only once the user's arrays are torch tensors.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from array_api_compat import torch as xp
 
@@ -24,8 +25,12 @@ class TorchBackend(Backend):
     float32 = torch.float32
     unwritable_hint = "it is an inference tensor; create it outside `torch.inference_mode()`"
 
+    #: how many distinct ``scalar``s a backend keeps made (then it starts afresh)
+    SCALAR_CACHE_SIZE = 256
+
     def __init__(self, device):
         self.device = torch.device(device)
+        self._scalars = {}
 
     def owns(self, value):
         return isinstance(value, torch.Tensor)
@@ -58,10 +63,22 @@ class TorchBackend(Backend):
     def cast(self, value, dtype):
         if isinstance(value, torch.Tensor):
             return value.to(dtype)
+        if isinstance(value, (bool, int, float, np.generic)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+            return self.scalar(value.item() if isinstance(value, (np.generic, np.ndarray)) else value, dtype)
         return torch.as_tensor(value, dtype=dtype, device=self.device)
 
     def scalar(self, value, dtype):
-        return torch.tensor(value, dtype=dtype, device=self.device)
+        """Made on the device by ``torch.full`` (no copy from the host, so no synchronisation
+        on CUDA) and kept: the step's constants are made once per (value, dtype)."""
+        if isinstance(value, torch.Tensor):
+            return value.to(device=self.device, dtype=dtype)
+        key = (repr(value), dtype)  # repr tells -0.0 from 0.0 and finds NaN again
+        made = self._scalars.get(key)
+        if made is None:
+            if len(self._scalars) >= self.SCALAR_CACHE_SIZE:
+                self._scalars.clear()
+            made = self._scalars[key] = torch.full((), value, dtype=dtype, device=self.device)
+        return made
 
     def zeros_like(self, value):
         return torch.zeros_like(value)
@@ -80,6 +97,11 @@ class TorchBackend(Backend):
         return _KINDS.get(dtype, "i")
 
     def cond(self, pred, true_fn, false_fn):
+        """A predicate on the host (a bool, or a CPU tensor) picks a branch; one on another
+        device (CUDA, meta) is never read back: both branches run and ``torch.where`` picks
+        each value on the device (the same numbers, without a synchronisation)."""
+        if isinstance(pred, torch.Tensor) and pred.device.type != "cpu":
+            return _select(pred, true_fn(), false_fn())
         return true_fn() if bool(pred) else false_fn()
 
     def to_numpy(self, value):
@@ -102,6 +124,16 @@ class TorchBackend(Backend):
     def write(self, target, value):
         with torch.no_grad():
             target.copy_(value if isinstance(value, torch.Tensor) else self.asarray(value))
+
+
+def _select(pred, a, b):
+    """``a`` where ``pred`` else ``b``, leaf by leaf over matching lists, tuples and Nones."""
+    if a is b or a is None:
+        return a
+    if isinstance(a, (list, tuple)):
+        picked = [_select(pred, x, y) for x, y in zip(a, b, strict=True)]
+        return type(a)(*picked) if hasattr(a, "_fields") else type(a)(picked)
+    return torch.where(pred, a, b)
 
 
 _BACKENDS: dict = {}

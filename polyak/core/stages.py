@@ -67,6 +67,13 @@ class Values:
     s: tuple = ()
     mask: list = field(default_factory=list)
     iteration: Any = None  #: the count after the step
+    #: ``state.iteration`` as a Python int when the caller knows it without reading the device
+    host_iteration: Any = None
+
+    @property
+    def count(self):
+        """The count before the step, for decisions: the host copy when known (no device read)."""
+        return self.state.iteration if self.host_iteration is None else self.host_iteration
 
 
 class Stage:
@@ -104,7 +111,7 @@ class OverwriteWithGradient(Stage):
 
     def reference(self, plan, bk, s):
         n_acc = plan.gradient_accumulation_steps
-        is_update = (s.state.iteration + 1) % n_acc == 0 if n_acc else None
+        is_update = (s.count + 1) % n_acc == 0 if n_acc else None
         for i, g in enumerate(s.grads):
             if g is None:
                 continue
@@ -132,7 +139,7 @@ class LossScale(Stage):
     def reference(self, plan, bk, s):
         s.g = [s.grads[i] for i in s.descending]
         if plan.loss_scale_factor is not None:
-            s.g = [x / plan.loss_scale_factor for x in s.g]
+            s.g = [x / bk.scalar(plan.loss_scale_factor, x.dtype) for x in s.g]
 
     def kernel(self, plan, call):
         if plan.loss_scale_factor:
@@ -219,7 +226,7 @@ class Accumulation(Stage):
             g, w, slots, acc = s.g, s.w, s.s, [s.accumulators[i] for i in desc]
 
             def update():  # on a copy: each branch may be traced (jax.lax.cond) and must not leak
-                d = dataclasses.replace(s, g=[(x + a) / n_acc for x, a in zip(g, acc)])
+                d = dataclasses.replace(s, g=[_mean(bk, x + a, n_acc) for x, a in zip(g, acc)])
                 _descend(plan, bk, d)
                 return d.w, d.s, [None if a is None else bk.zeros_like(a) for a in s.accumulators]
 
@@ -229,7 +236,7 @@ class Accumulation(Stage):
                     summed[i] = bk.cast(x + a, a.dtype)
                 return w, slots, summed
 
-            s.w, s.s, s.accumulators = bk.cond((s.state.iteration + 1) % n_acc == 0, update, accumulate)
+            s.w, s.s, s.accumulators = bk.cond((s.count + 1) % n_acc == 0, update, accumulate)
         else:
             _descend(plan, bk, s)
         for k, i in enumerate(desc):
@@ -255,6 +262,12 @@ class Accumulation(Stage):
     def fusable(self, plan):
         """Per-group hyperparameters (``plan.groups``) run the reference step only."""
         return plan.groups is None and all(stage.fusable(plan) for stage in DESCENT)
+
+
+def _mean(bk, total, n):
+    """``total / n``, dividing by a 0-d array of ``total``'s dtype: true division on every
+    backend (PyTorch on CUDA multiplies by the reciprocal of a Python number instead)."""
+    return total / bk.scalar(n, total.dtype)
 
 
 def _descend(plan, bk, s):
@@ -315,7 +328,7 @@ class EmaOverwrite(Stage):
 
     def reference(self, plan, bk, s):
         if plan.use_ema and plan.ema_overwrite_frequency:
-            iterations = MovingAverage.updates(plan, s.state.iteration)
+            iterations = MovingAverage.updates(plan, s.count)
             s.params = ema.overwrite_with_averages(bk, s.params, s.averages, iterations, plan.ema_overwrite_frequency)
 
     def kernel(self, plan, call):

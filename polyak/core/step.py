@@ -30,19 +30,21 @@ def guarded(finite, bk, step, params, state):
     return bk.cond(finite, step, skip)
 
 
-def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
-    """Return ``(new_params, new_state)``. ``grads`` aligns with ``params``; ``None`` skips."""
+def apply_step(plan: StepPlan, bk, params, state: OptimizerState, grads, host_iteration=None):
+    """Return ``(new_params, new_state)``. ``grads`` aligns with ``params``; ``None`` skips.
+    ``host_iteration``: ``state.iteration`` as a Python int when the caller knows it without
+    reading the device (``apply``); the decisions that depend on the count then take it."""
     if not plan.skip_nonfinite:
-        return keras_step(plan, bk, params, state, grads)
+        return keras_step(plan, bk, params, state, grads, host_iteration)
     finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])
-    return guarded(finite, bk, lambda: keras_step(plan, bk, params, state, grads), params, state)
+    return guarded(finite, bk, lambda: keras_step(plan, bk, params, state, grads, host_iteration), params, state)
 
 
-def keras_step(plan: StepPlan, bk, params, state: OptimizerState, grads):
+def keras_step(plan: StepPlan, bk, params, state: OptimizerState, grads, host_iteration=None):
     """Every stage in order, with Keras's handling of non-finite gradients (they propagate)."""
     s = Values(originals=list(params), params=list(params), grads=list(grads), state=state,
                accumulators=list(state.accumulators), slots=[list(slot) for slot in state.slots],
-               averages=state.averages, masters=state.masters)
+               averages=state.averages, masters=state.masters, host_iteration=host_iteration)
     for stage in STAGES:
         if s.descending or not stage.needs_descent:
             stage.reference(plan, bk, s)

@@ -23,6 +23,7 @@ from polyak.optimizers import custom_rules, stateless_checks
 from polyak.optimizers.ema_weights import EmaWeights
 from polyak.optimizers.learning_rate import LearningRate
 from polyak.optimizers.gradients import check_gradients
+from polyak.optimizers.iteration_count import CountVariable
 from polyak.optimizers.persistence import StatePersistence
 from polyak.optimizers.state_roles import ACCUMULATOR, AVERAGE, MASTER, StateRoles
 from polyak.optimizers.structure import flatten
@@ -124,7 +125,7 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
         self._per_weight_cache = (None, None)
         #: how clipping sums squares into norms (``ShardedOptimizer``: over the ranks)
         self._norm_squares = LOCAL_SQUARES
-        self._iterations = self._track(Variable(0, dtype="int64", name="iteration", trainable=False,
+        self._iterations = self._track(CountVariable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
         if isinstance(learning_rate, (LearningRateSchedule,)) or callable(learning_rate):
             self._learning_rate = learning_rate
@@ -264,16 +265,21 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
             **{h.name: getattr(self, h.name) for h in hyperparameters.STEP},
         )
 
-    def _step(self, param_values, optimizer_values, grads):
+    def _step(self, param_values, optimizer_values, grads, host_iteration=None):
         """The pure step on values: ``(new weight values, new optimizer values)``, aligned with
-        the built weights and ``variables``. Wrappers (``LossScaleOptimizer``) guard it."""
+        the built weights and ``variables``. Wrappers (``LossScaleOptimizer``) guard it.
+        ``host_iteration``: ``apply``'s host copy of the count (``iteration_count``), if known."""
         if custom_rules.keras_style(self):
             return custom_rules.step(self, param_values, optimizer_values, grads)
         roles = self.state_roles
         state = roles.state_from(self._variables, optimizer_values)
         with self._backend.step_context():
-            new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads)
+            new_params, new_state = apply_step(self._plan(), self._backend, param_values, state, grads, host_iteration)
         return new_params, roles.values_from(self._variables, new_state, optimizer_values)
+
+    def _counts_every_call(self) -> bool:
+        """Whether every ``apply`` counts, whatever the gradients (not with ``skip_nonfinite``)."""
+        return not self.skip_nonfinite
 
     # --- applying gradients -------------------------------------------------------
     def apply_gradients(self, grads_and_vars):

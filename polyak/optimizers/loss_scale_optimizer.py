@@ -80,6 +80,9 @@ class LossScaleOptimizer(Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
+    def _counts_every_call(self):
+        return False  # the inner optimizer counts only the finite calls
+
     def scale_loss(self, loss):
         return loss * (self.dynamic_scale.value if self.built else self.initial_scale)
 
@@ -100,10 +103,11 @@ class LossScaleOptimizer(Optimizer):
         return [g if g is None or getattr(v, "overwrite_with_gradient", False) else g / scale
                 for g, v in zip(grads, self._trainable_variables)]
 
-    def _step(self, param_values, optimizer_values, grads):
+    def _step(self, param_values, optimizer_values, grads, host_iteration=None):
         """The inner optimizer's pure step on the unscaled gradients, guarded: when any
         gradient holds an inf or NaN, nothing of the inner optimizer moves. ``apply`` and
-        ``stateless_apply`` (under ``jax.jit`` too) both run this."""
+        ``stateless_apply`` (under ``jax.jit`` too) both run this. ``host_iteration`` (this
+        optimizer's own count) is not the inner one's: the inner step reads its count as a value."""
         own, inner = optimizer_values[:len(self._variables)], optimizer_values[len(self._variables):]
         position = {id(v): k for k, v in enumerate(self._variables)}
         counter, scale = own[position[id(self.step_counter)]], own[position[id(self.dynamic_scale)]]

@@ -205,7 +205,7 @@ class CpuFusedTier:
         state = _prepared(optimizer, plan)
         addresses = proof if proof is not None else state.addresses(grads)
         backend = optimizer._backend
-        iteration = backend.to_numpy(optimizer._iterations.value)
+        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
         stored = optimizer.state_roles.learning_rate
         scalar = state.dtype.type
         call = stages.KernelCall(
@@ -219,7 +219,7 @@ class CpuFusedTier:
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
             state.run(addresses, call)
-        optimizer._iterations.assign(iteration + 1)
+        optimizer._iterations.advance()
         return self.name
 
 

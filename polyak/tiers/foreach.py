@@ -10,6 +10,13 @@ statements assigned. The operations are the reference step's, in its order and d
 numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
 such as DTensor runs its own foreach operations); nothing is packed.
 
+Nothing is read back from the device (on CUDA, no synchronisation): the decisions take the
+optimizer's host copy of the iteration count; a scalar known on the host (a hyperparameter, a
+schedule's rate) is passed as a number; one that lives on the device (the stored rate, the
+global clipping factor, the per-tensor norms of the norm pass) stays there, a 0-d tensor of the
+weights' dtype. A division is ``_foreach_div`` by a number or such a tensor: true division, as
+the reference's (which divides by a 0-d array), never a multiplication by a reciprocal.
+
 Takes a step when: every weight is a float32 or float64 tensor of one dtype on one device other
 than the CPU (with ``POLYAK_TIER=foreach``, see :mod:`polyak.tiers`, the CPU too); every stage
 can be fused for the plan; every weight is stepped and every gradient is a tensor of its
@@ -19,6 +26,7 @@ weight's dtype and shape.
 from __future__ import annotations
 
 import ast
+import operator
 
 import numpy as np
 
@@ -36,7 +44,7 @@ def _torch():
 
 
 class PerTensor(tuple):
-    """One scalar per tensor (a statement's ``{denominator}``), as Python floats."""
+    """One scalar per tensor (a statement's ``{denominator}``): 0-d tensors on the device."""
 
 
 def _local(role):
@@ -49,6 +57,7 @@ class Evaluator:
     or a scalar of the weights' dtype."""
 
     _OPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+    _SCALAR_OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
     def __init__(self, env):
         self.env = dict(env)
@@ -92,20 +101,23 @@ class Evaluator:
     def _binary(name, a, b):
         torch = _torch()
         if not isinstance(a, list) and not isinstance(b, list):  # two scalars of the weights' dtype
-            return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[name](a, b)
+            return Evaluator._SCALAR_OPS[name](a, b)
         if not isinstance(a, list):  # a scalar on the left: s + x = x + s, s * x = x * s, s - x = -x + s
             if name in ("add", "mul"):
                 a, b = b, a
             elif name == "sub":
-                return list(torch._foreach_add(torch._foreach_neg(b), _scalar(a)))
+                a, b, name = list(torch._foreach_neg(b)), a, "add"
             else:
                 raise ValueError("A stage statement may not divide a scalar by a tensor")
-        return list(getattr(torch, f"_foreach_{name}")(a, b if isinstance(b, list) else _scalar(b)))
-
-
-def _scalar(value):
-    """A scalar or per-tensor scalars as foreach operations take them: exact Python floats."""
-    return list(value) if isinstance(value, PerTensor) else float(value)
+        if isinstance(b, list):
+            return list(getattr(torch, f"_foreach_{name}")(a, b))
+        if isinstance(b, PerTensor):
+            return list(getattr(torch, f"_foreach_{name}")(a, list(b)))
+        if not isinstance(b, torch.Tensor):  # a number: exact as a Python float
+            return list(getattr(torch, f"_foreach_{name}")(a, float(b)))
+        if name == "sub":  # no tensor overload of _foreach_sub: x - s = x + (-1) * s, rounded once
+            return list(torch.ops.aten._foreach_add.Tensor(a, b, alpha=-1))
+        return list(getattr(torch.ops.aten, f"_foreach_{name}").Tensor(a, b))
 
 
 class ForeachStep:
@@ -119,17 +131,18 @@ class ForeachStep:
         env = {"x": self.grads, "wv": self.weights, **call.scalars}
         env.update({_local(role): tensors for role, tensors in self.roles.items()})
         if call.denominators is not None:
-            env["denominator"] = PerTensor(float(d) for d in call.denominators)
+            env["denominator"] = PerTensor(call.denominators.unbind())
         return env
 
     def sum_squares(self, call):
-        """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient statements."""
+        """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient
+        statements: one float64 tensor on the device."""
         torch = _torch()
         evaluator = Evaluator(self._env(call))
         for statement in call.gradient_statements():
             evaluator.run(statement, call.roles)
         norms = torch._foreach_norm(list(evaluator.env["x"]), 2, dtype=torch.float64)
-        return torch.stack(norms).square().cpu().numpy()
+        return torch.stack(norms).square()
 
     def run(self, call):
         torch = _torch()
@@ -173,6 +186,19 @@ def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
         g is not None and _dtype([g]) is dtype and g.shape == w.shape for g, w in zip(grads, weights))
 
 
+class _Cast:
+    """To the weights' dtype: a number on the host (a NumPy scalar), a tensor on its device."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
+
+    def __call__(self, value):
+        if isinstance(value, _torch().Tensor):
+            return value.to(self.dtype)
+        return np.asarray(value).astype(self.numpy_dtype)[()]
+
+
 class ForeachTier:
     name = "foreach"
 
@@ -183,21 +209,21 @@ class ForeachTier:
                  if role != MASTER}
         decaying = [i for i, d in enumerate(plan.decay_mask) if d] if plan.weight_decay is not None else []
         step = ForeachStep(weights, list(grads), roles, decaying)
-        dtype = np.dtype(str(weights[0].dtype).removeprefix("torch."))
-        iteration = backend.to_numpy(optimizer._iterations.value)
+        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
         stored = optimizer.state_roles.learning_rate
+        cast = _Cast(weights[0].dtype)
         call = stages.KernelCall(
             iteration=iteration,
-            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
-            xp=np,
-            cast=lambda value: dtype.type(value),
-            cast_array=lambda values: np.asarray(values).astype(dtype),
+            stored_learning_rate=None if stored is None else stored.value,  # stays on the device
+            xp=backend.xp,
+            cast=cast,
+            cast_array=cast,
             sum_squares=step.sum_squares,
         )
         with np.errstate(all="ignore"), backend.step_context():
             stages.kernel_call(plan, call)
             step.run(call)
-        optimizer._iterations.assign(iteration + 1)
+        optimizer._iterations.advance()
         return self.name
 
 

@@ -1,4 +1,10 @@
-"""The reference tier: the pure step on whole arrays, written back into the weights and variables."""
+"""The reference tier: the pure step on whole arrays, written back into the weights and variables.
+
+The step takes the count's decisions from the optimizer's host copy of it (see
+:mod:`polyak.optimizers.iteration_count`), so on CUDA it reads nothing back from the device;
+after a call that surely counted, the host copy is one more, and otherwise (a call that the
+gradients may skip, decided on the device) it is read back only when next needed.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,18 @@ class ReferenceTier:
         variables = optimizer.variables
         old_params = [params_mod.value_of(v) for v in weights]
         old_values = [v.value for v in variables]
-        new_params, new_values = optimizer._step(old_params, old_values, full)
+        count = optimizer._iterations
+        before = count.known_host
+        new_params, new_values = optimizer._step(old_params, old_values, full, host_iteration=before)
         for weight, old, new in zip(weights, old_params, new_params):
             if new is not old:
                 params_mod.write(weight, new, optimizer._backend)
         for variable, old, new in zip(variables, old_values, new_values):
-            if new is not old:
+            if new is old:
+                continue
+            if variable is count and before is not None and optimizer._counts_every_call():
+                variable.assign(new, host=before + 1)
+            else:
                 variable.assign(new)
         return self.name
 

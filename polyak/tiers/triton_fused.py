@@ -199,7 +199,7 @@ class TritonTier:
         state = optimizer._tier_cache
         grad_table = state.table(proof if proof is not None else state.addresses(grads))
         backend = optimizer._backend
-        iteration = backend.to_numpy(optimizer._iterations.value)
+        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
         stored = optimizer.state_roles.learning_rate
         scalar, dtype = state.numpy_dtype.type, state.numpy_dtype
         call = stages.KernelCall(
@@ -213,7 +213,7 @@ class TritonTier:
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
             state.run(grad_table, call)
-        optimizer._iterations.assign(iteration + 1)
+        optimizer._iterations.advance()
         return self.name
 
 

@@ -141,7 +141,7 @@ class SGD(torch.optim.Optimizer):
         return names[index] if names else f"params[{index}]"
 
     def _iteration(self):
-        return 0 if self._internal is None else int(self._internal.state_roles.iteration.value)
+        return 0 if self._internal is None else self._internal.state_roles.iteration.host
 
     # --- the polyak optimizer behind the face ----------------------------------------
     def _build(self, with_slots):
@@ -154,7 +154,7 @@ class SGD(torch.optim.Optimizer):
         previous = self._internal
         if previous is not None:
             old, new = previous.state_roles, internal.state_roles
-            new.iteration.assign(old.iteration.value)
+            new.iteration.assign(old.iteration.value, host=old.iteration.known_host)
             if old.skipped is not None:
                 new.skipped.assign(old.skipped.value)
             for role, variables in old.per_weight:
