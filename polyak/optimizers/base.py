@@ -25,6 +25,7 @@ from polyak.optimizers.learning_rate import LearningRate
 from polyak.optimizers.gradients import check_gradients
 from polyak.optimizers.iteration_count import CountVariable
 from polyak.optimizers.persistence import StatePersistence
+from polyak.optimizers.pickling import Picklable
 from polyak.optimizers.state_roles import ACCUMULATOR, AVERAGE, MASTER, StateRoles
 from polyak.optimizers.structure import flatten
 from polyak.optimizers.variable_factory import VariableFactory
@@ -41,7 +42,8 @@ class PerWeight(NamedTuple):
 
 
 @serialization.base_class("optimizer")
-class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, EmaWeights, StatePersistence):
+class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableFactory, EmaWeights,
+                StatePersistence):
     """Base class of polyak's optimizers, with Keras 3's constructor and methods.
 
     A subclass names its per-weight state in ``build`` (via
@@ -137,20 +139,6 @@ class Optimizer(custom_rules.KerasPrimitives, LearningRate, VariableFactory, Ema
             self._skipped_steps = self._track(Variable(0, dtype="int64", name="skipped_steps", trainable=False,
                                                        _scope=self.name))
             self._polyak_only = 1
-
-    def __getstate__(self):
-        """For ``pickle`` and ``copy.deepcopy``: flat buffers and kernels are rebuilt on the next
-        step, and what is keyed by object identity is keyed by weight position meanwhile."""
-        state = dict(self.__dict__, _tier_cache=None, _per_weight_cache=(None, None), _trainable_variables_indices={})
-        built = self._trainable_variables
-        state["_exclude_ids"] = frozenset(i for i, v in enumerate(built) if id(v) in self._exclude_ids)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        built = self._trainable_variables
-        self._trainable_variables_indices = {id(v): i for i, v in enumerate(built)}
-        self._exclude_ids = frozenset(id(built[i]) for i in self._exclude_ids)
 
     # --- learning rate and counters ------------------------------------------
     @property
