@@ -321,7 +321,7 @@ def _named(params):
     if not tensors or not all(isinstance(p, torch.Tensor) for p in tensors):
         raise ValueError(
             "`params` must be a non-empty list of torch tensors or of (name, tensor) pairs. "
-            f"Received: params={items!r}"
+            f"Received: items of types {sorted({type(x).__name__ for x in items})}" if items else "Received: params=[]"
         )
     names = [str(x[0]) for x in items] if pairs else [f"variable_{i}" for i in range(len(tensors))]
     repeated = sorted({n for n in names if names.count(n) > 1})
