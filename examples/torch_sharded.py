@@ -3,7 +3,8 @@
 Two gloo processes on 127.0.0.1 each take half of every batch. Each rank keeps the momentum and
 the EMA for half of the parameters only. The gradients are reduce-scattered, each rank updates
 its half, and the halves are all-gathered. At the end rank 0 compares the weights with one
-process training on the full batch, and writes a checkpoint of the unsharded state.
+process training on the full batch, and writes two checkpoints: one file per rank (nothing
+gathered), and the unsharded state in polyak.save's format.
 
 Run: python examples/torch_sharded.py
 """
@@ -19,6 +20,7 @@ import torch.multiprocessing as mp
 
 import polyak
 from polyak.distributed import ShardedOptimizer
+from polyak.optimizers.structure import NamedWeights
 
 STEPS = 200
 CONFIG = dict(learning_rate=0.05, momentum=0.9, nesterov=True, global_clipnorm=1.0, use_ema=True)
@@ -39,7 +41,7 @@ def loss_of(model, x, y):
     return torch.nn.functional.mse_loss(model(x), y)
 
 
-def worker(rank, world_size, port, checkpoint):
+def worker(rank, world_size, port, checkpoint, sharded_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=30))
@@ -48,7 +50,7 @@ def worker(rank, world_size, port, checkpoint):
     model = make_model()
     params = list(model.parameters())
     opt = ShardedOptimizer(polyak.SGD(**CONFIG))
-    opt.build(params)
+    opt.build(model.named_parameters())
     for step in range(STEPS + 1):
         model.zero_grad()
         loss = loss_of(model, x[mine], y[mine])
@@ -58,6 +60,7 @@ def worker(rank, world_size, port, checkpoint):
             print(f"  step {step:4d}  loss on rank 0's half {loss.item():.4f}")
     full_bytes = 2 * 4 * sum(p.numel() for p in params)  # momentum + EMA, float32
     print(f"  rank {rank}: optimizer state {opt.state_bytes()} bytes of {full_bytes} unsharded")
+    opt.save_sharded(sharded_dir)  # each rank writes its own file; rank 0 adds index.json
     opt.save(checkpoint)
     if rank == 0:
         single = make_model()
@@ -76,11 +79,16 @@ def main(world_size=2):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = os.path.join(tmp, "sharded.ckpt")
+        checkpoint, sharded_dir = os.path.join(tmp, "sharded.ckpt"), os.path.join(tmp, "per-rank")
         print(f"{world_size} processes, gloo over loopback:")
-        mp.spawn(worker, args=(world_size, port, checkpoint), nprocs=world_size)
-        # one process, no process group: a plain optimizer built on a fresh model's weights
-        restored = polyak.load(checkpoint, variables=list(make_model().parameters()))
+        mp.spawn(worker, args=(world_size, port, checkpoint, sharded_dir), nprocs=world_size)
+        print(f"per-rank checkpoint: {sorted(os.listdir(sharded_dir))}")
+        # one process, no process group: a plain optimizer built on a fresh model's weights, with the
+        # same names as the sharded one (the checkpoint keys its state by them)
+        model = make_model()
+        restored = polyak.SGD(**CONFIG)
+        restored.build(NamedWeights(list(model.parameters()), [name for name, _ in model.named_parameters()]))
+        polyak.load(checkpoint, restored)
         print(f"checkpoint: the unsharded state ({len(restored.variables)} variables, iteration "
               f"{int(restored.iterations.numpy())}), loaded here into a plain polyak.SGD on one process")
 

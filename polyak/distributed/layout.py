@@ -4,7 +4,8 @@ The P parameter elements are laid end to end (in the order given) and padded wit
 ``W * S`` with ``S = ceil(P / W)``; rank ``r`` owns elements ``[r * S, (r + 1) * S)``. Where a
 slice crosses tensor boundaries it is cut into pieces, one per tensor it touches, so every piece
 belongs to exactly one tensor and per-tensor settings (weight-decay exclusion, per-tensor
-clipping) apply to it unchanged.
+clipping) apply to it unchanged. Parameters of different dtypes are laid out separately, one
+flat vector (and one such split) per dtype.
 """
 
 from __future__ import annotations
@@ -56,3 +57,41 @@ class FlatLayout(NamedTuple):
         """A digest of names and shapes: ranks compare it to catch different parameter lists."""
         text = repr([(str(n), s) for n, s in zip(names, self.shapes)])
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+
+
+class Part(NamedTuple):
+    """One piece of this rank's state: elements ``[start, stop)`` of parameter ``tensor`` (its
+    position in the built list), at ``[local, local + stop - start)`` of dtype group ``group``'s slice."""
+
+    tensor: int
+    group: int
+    start: int
+    stop: int
+    local: int
+
+    @property
+    def size(self):
+        return self.stop - self.start
+
+
+class DtypeGroup(NamedTuple):
+    """The parameters of one dtype (positions in the built list, in order) and their flat layout."""
+
+    dtype: object
+    tensors: tuple
+    layout: FlatLayout
+
+
+def dtype_groups(params, world_size):
+    """One :class:`DtypeGroup` per dtype, in the order the dtypes first appear."""
+    positions = {}
+    for i, p in enumerate(params):
+        positions.setdefault(p.dtype, []).append(i)
+    return [DtypeGroup(dtype, tuple(tensors), FlatLayout.of([tuple(params[i].shape) for i in tensors], world_size))
+            for dtype, tensors in positions.items()]
+
+
+def parts(groups, rank):
+    """This rank's pieces over every dtype group, group after group, each in flat order."""
+    return [Part(group.tensors[pc.tensor], g, pc.start, pc.stop, pc.local)
+            for g, group in enumerate(groups) for pc in group.layout.pieces(rank)]

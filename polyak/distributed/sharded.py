@@ -1,50 +1,72 @@
 """``ShardedOptimizer``: a polyak optimizer whose state is split across a ``torch.distributed`` group.
 
-The first stage of ZeRO (Rajbhandari et al., 2020). With W ranks and P parameter elements, each
-rank owns one contiguous slice of ``ceil(P / W)`` elements of the flattened parameters (see
-:mod:`polyak.distributed.layout`) and keeps the optimizer state (momentum, EMA averages,
-gradient accumulators) for that slice only. One step on every rank:
+The first stage of ZeRO (Rajbhandari et al., 2020). The parameters are grouped by dtype; within
+each dtype group of P elements, each of the W ranks owns one contiguous slice of
+``ceil(P / W)`` elements of the flattened parameters (see :mod:`polyak.distributed.layout`) and
+keeps the optimizer state (momentum, EMA averages, gradient accumulators, float32 master copies)
+for that slice only. One step on every rank:
 
-1. the flat gradients are reduce-scattered and divided by W: each rank gets the mean gradient
-   ``g = (1/W) sum_r g_r`` on its slice;
-2. the rank runs the wrapped optimizer's full step (loss scale, accumulation, clipping, weight
-   decay, momentum, EMA, skip_nonfinite) on its slice, cut into per-tensor pieces;
-3. the updated slices are all-gathered into every rank's parameters.
+1. per dtype group, the flat gradients are reduce-scattered and divided by W: each rank gets the
+   mean gradient ``g = (1/W) sum_r g_r`` on its slice;
+2. the rank runs the wrapped optimizer's full step (master weights, ``overwrite_with_gradient``,
+   loss scale, accumulation, clipping, weight decay, momentum, EMA, skip_nonfinite) on its
+   slices, cut into per-tensor pieces;
+3. the updated slices are all-gathered into every rank's parameters;
+4. constraints run on whole tensors, on every rank (see below).
 
-Everything in the step is elementwise except two things, which are made global here:
-``global_clipnorm`` scales by ``c * min(1/N, 1/c)`` with ``N^2 = sum_r ||g_slice_r||^2``
+Everything in the step is elementwise except clipping and constraints, which are made global
+here. ``global_clipnorm`` scales by ``c * min(1/N, 1/c)`` with ``N^2 = sum_r ||g_slice_r||^2``
 (one all-reduce of a scalar) and ``clipnorm`` by ``c / max(||g_t||, c)`` with each tensor's
 squared norm summed over its pieces on all ranks (one all-reduce of a vector with an entry per
 tensor). Both enter the clipping stage through the step plan's ``squares`` (``_RankSquares``),
-after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on
-whether any gradient anywhere is non-finite before stepping, so they skip together.
+after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on whether any
+gradient anywhere is non-finite before stepping, so they skip together.
 
-Weight-decay exclusions given by ``var_list`` carry over to the pieces of those tensors.
-Checkpoints (:meth:`save` / :meth:`load`) hold the unsharded state in the wrapped optimizer's
-own format, so they load on any number of ranks, or into a plain optimizer on one process.
+A constraint (``param.constraint = fn``, read on every step, as on one process) sees the whole
+tensor: after the all-gather every rank applies it to the full parameter — to the full float32
+master when the parameter has one, which takes one all-reduce of those masters — and writes its
+own piece back into its slice. As in Keras, it runs after the EMA update and not on a skipped
+step. A parameter flagged ``overwrite_with_gradient`` (read at ``build``) takes the reduced
+(mean) gradient as its value; that is elementwise and runs inside the slices.
+
+Weight-decay exclusions apply per tensor: by ``var_list`` (the tensors) or ``var_names``
+(searched in the names given to :meth:`build`, e.g. by ``model.named_parameters()``).
+
+Checkpoints: :meth:`save` / :meth:`load` hold the unsharded state in the wrapped optimizer's own
+format (gathered; rank 0 writes); :meth:`save_sharded` / :meth:`load_sharded` write one file per
+rank and no rank gathers anything (see :mod:`polyak.distributed.shard_files`). Both load on any
+number of ranks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.distributed as dist
 
 import polyak
-from polyak.distributed.layout import FlatLayout
+from polyak.distributed import layout as layout_mod
+from polyak.distributed import shard_files
 from polyak.optimizers.base import Optimizer
+from polyak.optimizers.state_roles import MASTER
+from polyak.optimizers.structure import NamedWeights
+
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
 class ShardedOptimizer:
     """Shard ``optimizer``'s state over ``process_group`` (default: the world).
 
     ``optimizer`` is an unbuilt polyak optimizer that only serves as the configuration; build
-    with the model's parameters (torch tensors of one dtype, the same list on every rank), then
-    call :meth:`apply` with each rank's local gradients. ``master_weights`` is not supported.
+    with the model's parameters (the same list on every rank; torch tensors, or ``(name,
+    tensor)`` pairs such as ``model.named_parameters()``), then call :meth:`apply` with each
+    rank's local gradients.
 
     Example (on every rank, after ``torch.distributed.init_process_group``)::
 
         opt = ShardedOptimizer(polyak.SGD(0.1, momentum=0.9, global_clipnorm=1.0))
-        opt.build(list(model.parameters()))
+        opt.build(model.named_parameters())
         loss.backward()
         opt.apply([p.grad for p in model.parameters()])
     """
@@ -59,13 +81,6 @@ class ShardedOptimizer:
             raise ValueError(
                 f"`optimizer` must be an unbuilt polyak optimizer. Received: optimizer={optimizer!r}"
             )
-        if optimizer.master_weights:
-            raise ValueError("`ShardedOptimizer` does not support master weights. Received: master_weights=True")
-        if optimizer._exclude_pattern is not None:
-            raise ValueError(
-                "`ShardedOptimizer` maps weight-decay exclusions given by `var_list` only (torch tensors have "
-                f"no names). Received: var_names pattern {optimizer._exclude_pattern.pattern!r}"
-            )
         self.optimizer = optimizer
         self.process_group = process_group
         self.rank = dist.get_rank(process_group)
@@ -74,33 +89,42 @@ class ShardedOptimizer:
 
     # --- building -----------------------------------------------------------------
     def build(self, params):
-        """Split the state of ``params`` (torch tensors) over the ranks and build this rank's slice."""
-        params = list(params)
-        if not params or not all(isinstance(p, torch.Tensor) for p in params):
-            raise ValueError(f"`params` must be a non-empty list of torch tensors. Received: params={params!r}")
-        dtypes = {p.dtype for p in params}
-        if len(dtypes) != 1:
-            raise ValueError(f"`params` must share one dtype. Received: dtypes {sorted(map(str, dtypes))}")
-        layout = FlatLayout.of([tuple(p.shape) for p in params], self.world_size)
-        self._check_same_everywhere(layout.checksum([str(p.dtype) for p in params]))
-        pieces = layout.pieces(self.rank)
-        if not pieces:
+        """Split the state of ``params`` over the ranks and build this rank's slices.
+
+        ``params``: torch tensors, or ``(name, tensor)`` pairs (``model.named_parameters()``);
+        unnamed tensors are called ``variable_{index}``, as on one process.
+        """
+        params, names = _named(params)
+        groups = layout_mod.dtype_groups(params, self.world_size)
+        self._check_same_everywhere(_digest(names, params))
+        parts = layout_mod.parts(groups, self.rank)
+        if not parts:
             raise ValueError(
-                f"Rank {self.rank} owns no parameter elements: {layout.offsets[-1]} elements cannot be split over "
-                f"{self.world_size} ranks."
+                f"Rank {self.rank} owns no parameter elements: {sum(p.numel() for p in params)} elements cannot "
+                f"be split over {self.world_size} ranks."
             )
-        self.params, self.layout, self.pieces = params, layout, pieces
-        lo = self.rank * layout.shard_size
-        self._slice = self._flat([p.detach() for p in params])[lo:lo + layout.shard_size].clone()
-        self._views = [self._slice[pc.local:pc.local + pc.stop - pc.start] for pc in pieces]
+        overwrite = tuple(bool(getattr(p, "overwrite_with_gradient", False)) for p in params)
+        self._check_clipping_everywhere(groups, overwrite)
+        self.params, self.names, self.groups, self.parts, self.overwrite = params, names, groups, parts, overwrite
+        self.decays = tuple(self._decays(p, name) for p, name in zip(params, names))
+        self._slices = [self._flat(g, [p.detach() for p in params])[self._own(g)].clone()
+                        for g in range(len(groups))]
+        self._views = [self._slices[pt.group][pt.local:pt.local + pt.size] for pt in parts]
+        for view, pt in zip(self._views, parts):
+            view.overwrite_with_gradient = overwrite[pt.tensor]
 
         self.shard = type(self.optimizer).from_config(self.optimizer.get_config())
-        self.shard._norm_squares = _RankSquares(self.pieces, len(params), process_group=self.process_group)
-        excluded = self.optimizer._exclude_ids
+        self.shard._norm_squares = _RankSquares([pt for pt in parts if not overwrite[pt.tensor]], len(params),
+                                                process_group=self.process_group)
         self.shard.exclude_from_weight_decay(
-            var_list=[v for v, pc in zip(self._views, pieces) if id(params[pc.tensor]) in excluded])
+            var_list=[v for v, pt in zip(self._views, parts) if not self.decays[pt.tensor]])
         self.shard.build(self._views)
         self.built = True
+
+    def _decays(self, param, name):
+        """Whether the configuration optimizer's exclusions leave ``param`` (called ``name``) decaying."""
+        pattern = self.optimizer._exclude_pattern
+        return id(param) not in self.optimizer._exclude_ids and (pattern is None or pattern.search(name) is None)
 
     def _check_same_everywhere(self, checksum):
         values = torch.tensor([checksum, -checksum], dtype=torch.int64)
@@ -111,9 +135,27 @@ class ShardedOptimizer:
                 f"must build on the same list. Received on rank {self.rank}: checksum {checksum}"
             )
 
-    def _flat(self, tensors):
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        return torch.nn.functional.pad(flat, (0, self.layout.padded_size - flat.numel()))
+    def _check_clipping_everywhere(self, groups, overwrite):
+        """Norms for clipping are all-reduced inside the step, which runs only on ranks with a
+        descending piece: every rank must have one (decided alike on every rank)."""
+        if not (self.optimizer.clipnorm or self.optimizer.global_clipnorm):
+            return
+        for rank in range(self.world_size):
+            if all(overwrite[pt.tensor] for pt in layout_mod.parts(groups, rank)):
+                raise ValueError(
+                    f"With clipping, every rank must own elements of a parameter that is not "
+                    f"`overwrite_with_gradient`; rank {rank} does not. Received: world_size={self.world_size}"
+                )
+
+    def _own(self, g):
+        size = self.groups[g].layout.shard_size
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def _flat(self, g, tensors):
+        """Dtype group ``g``'s tensors among ``tensors`` (aligned with the parameters), flat and padded."""
+        group = self.groups[g]
+        flat = torch.cat([tensors[i].reshape(-1).to(group.dtype) for i in group.tensors])
+        return torch.nn.functional.pad(flat, (0, group.layout.padded_size - flat.numel()))
 
     # --- the step ---------------------------------------------------------------------
     def apply(self, grads):
@@ -122,24 +164,73 @@ class ShardedOptimizer:
             raise ValueError("Call `build(params)` before `apply`.")
         grads = list(grads)
         shapes = [None if g is None else tuple(g.shape) for g in grads]
-        if shapes != list(self.layout.shapes):
-            raise ValueError(
-                f"`grads` must match the built parameters' shapes {list(self.layout.shapes)}. Received: {shapes}"
-            )
-        g_slice = self._reduce_scatter(self._flat(grads)) / self.world_size
+        expected = [tuple(p.shape) for p in self.params]
+        if shapes != expected:
+            raise ValueError(f"`grads` must match the built parameters' shapes {expected}. Received: {shapes}")
+        g_slices = [self._reduce_scatter(self._flat(g, grads)) / self.world_size for g in range(len(self.groups))]
+        skipped = False
         if self.shard.skip_nonfinite:
-            bad = (~torch.isfinite(g_slice).all()).to(torch.float32).reshape(1)
+            bad = torch.tensor([float(not torch.isfinite(s).all()) for s in g_slices]).max().reshape(1)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
             if bad[0]:
-                g_slice = torch.full_like(g_slice, float("nan"))
-        self.shard.apply([g_slice[pc.local:pc.local + pc.stop - pc.start] for pc in self.pieces], self._views)
-        full = self._all_gather(self._slice)
+                skipped = True
+                g_slices = [torch.full_like(s, float("nan")) for s in g_slices]
+        self.shard.apply([g_slices[pt.group][pt.local:pt.local + pt.size] for pt in self.parts], self._views)
+        for g, group in enumerate(self.groups):
+            full = self._all_gather(self._slices[g])
+            with torch.no_grad():
+                for i, a, b in zip(group.tensors, group.layout.offsets, group.layout.offsets[1:]):
+                    self.params[i].copy_(full[a:b].view_as(self.params[i]))
+        if not skipped:
+            self._constrain()
+
+    def _has_master(self, i):
+        return bool(self.optimizer.master_weights) and self.params[i].dtype in _SIXTEEN_BIT
+
+    def _constrain(self):
+        """Every constrained parameter becomes ``constraint(whole tensor)`` on every rank, its
+        master first when it has one; each rank writes its pieces back into its slices."""
+        todo = [i for i, p in enumerate(self.params)
+                if getattr(p, "constraint", None) is not None and not self.overwrite[i]]
+        if not todo:
+            return
+        masters = self._masters()
         with torch.no_grad():
-            for p, a, b in zip(self.params, self.layout.offsets, self.layout.offsets[1:]):
-                p.copy_(full[a:b].view_as(p))
+            for i, whole in zip(todo, masters):
+                constraint, param = self.params[i].constraint, self.params[i]
+                if whole is None:
+                    param.copy_(torch.as_tensor(constraint(param.detach())).to(param.dtype))
+                    continue
+                new = torch.as_tensor(constraint(whole)).to(torch.float32).reshape(-1)
+                for var, pt in zip(self.shard.state_roles.role(MASTER), self.parts):
+                    if pt.tensor == i:
+                        var.assign(new[pt.start:pt.stop].clone())
+                param.copy_(new.view_as(param).to(param.dtype))
+            for view, pt in zip(self._views, self.parts):
+                if pt.tensor in todo:
+                    view.copy_(self.params[pt.tensor].detach().reshape(-1)[pt.start:pt.stop])
+
+    def _masters(self):
+        """For each constrained parameter, its whole float32 master (one all-reduce of this
+        rank's master pieces, zeros elsewhere), or None when it has none."""
+        todo = [i for i, p in enumerate(self.params)
+                if getattr(p, "constraint", None) is not None and not self.overwrite[i]]
+        mastered = [i for i in todo if self._has_master(i)]
+        if not mastered:
+            return [None] * len(todo)
+        starts, total = {}, 0
+        for i in mastered:
+            starts[i], total = total, total + self.params[i].numel()
+        buffer = torch.zeros(total, dtype=torch.float32)
+        for var, pt in zip(self.shard.state_roles.role(MASTER), self.parts):
+            if pt.tensor in starts:
+                buffer[starts[pt.tensor] + pt.start:starts[pt.tensor] + pt.stop] = var.value
+        dist.all_reduce(buffer, group=self.process_group)
+        return [buffer[starts[i]:starts[i] + self.params[i].numel()].view(self.params[i].shape)
+                if i in starts else None for i in todo]
 
     def _reduce_scatter(self, flat):
-        out = torch.empty(self.layout.shard_size, dtype=flat.dtype)
+        out = torch.empty(flat.numel() // self.world_size, dtype=flat.dtype)
         reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
         reduce_scatter(out, flat, group=self.process_group)
         return out
@@ -158,29 +249,33 @@ class ShardedOptimizer:
         """Bytes of this rank's per-element optimizer state (the counters and rate excluded)."""
         return sum(v.value.numel() * v.value.element_size() for v in self.shard.variables if v.value.ndim > 0)
 
-    @staticmethod
-    def _kinds(opt):
-        return [group for _, group in opt.state_roles.per_weight]
-
-    @staticmethod
-    def _scalars(opt):
-        return [v for _, v in opt.state_roles.scalars()]
+    def plain_optimizer(self):
+        """An unsharded optimizer of the same configuration built on the parameters, with their
+        names and the same decay exclusions (what :meth:`unsharded` fills and :meth:`load` reads)."""
+        full = type(self.optimizer).from_config(self.optimizer.get_config())
+        full.exclude_from_weight_decay(var_list=[p for p, decays in zip(self.params, self.decays) if not decays])
+        full.build(NamedWeights(self.params, self.names))
+        return full
 
     def unsharded(self):
-        """A plain optimizer built on the parameters and holding the whole state (gathered; every rank calls it)."""
-        full = type(self.optimizer).from_config(self.optimizer.get_config())
-        full.exclude_from_weight_decay(var_list=[p for p in self.params if id(p) in self.optimizer._exclude_ids])
-        full.build(self.params)
-        for mine, whole in zip(self._kinds(self.shard), self._kinds(full)):
-            local = torch.zeros_like(self._slice)
-            for var, pc in zip(mine, self.pieces):
-                local[pc.local:pc.local + pc.stop - pc.start] = var.value
-            gathered = self._all_gather(local)
-            for var, a, b in zip(whole, self.layout.offsets, self.layout.offsets[1:]):
-                var.assign(gathered[a:b].reshape(var.shape))
-        for mine, whole in zip(self._scalars(self.shard), self._scalars(full)):
-            if mine is not None:
-                whole.assign(mine.value)
+        """A plain optimizer holding the whole state (gathered role by role; every rank calls it)."""
+        full = self.plain_optimizer()
+        mine = dict(self.shard.state_roles.per_weight)
+        for role, whole in full.state_roles.per_weight:
+            for g, group in enumerate(self.groups):
+                targets = [whole[i] for i in group.tensors]
+                present = [t for t in targets if t is not None]
+                if not present:
+                    continue
+                local = torch.zeros(group.layout.shard_size, dtype=present[0].value.dtype)
+                for var, pt in zip(mine[role], self.parts):
+                    if pt.group == g and var is not None:
+                        local[pt.local:pt.local + pt.size] = var.value
+                gathered = self._all_gather(local)
+                for var, a, b in zip(targets, group.layout.offsets, group.layout.offsets[1:]):
+                    if var is not None:
+                        var.assign(gathered[a:b].reshape(var.value.shape))
+        _copy_scalars(self.shard, full)
         return full
 
     def save(self, path):
@@ -192,32 +287,76 @@ class ShardedOptimizer:
 
     def load(self, path):
         """Restore a checkpoint of the unsharded state (written by any number of ranks, or by one)."""
-        full = type(self.optimizer).from_config(self.optimizer.get_config())
-        full.build(self.params)
+        full = self.plain_optimizer()
         polyak.load(path, full)
-        for mine, whole in zip(self._kinds(self.shard), self._kinds(full)):
-            for var, pc in zip(mine, self.pieces):
-                var.assign(whole[pc.tensor].value.reshape(-1)[pc.start:pc.stop])
-        for mine, whole in zip(self._scalars(self.shard), self._scalars(full)):
-            if mine is not None:
-                mine.assign(whole.value)
+        whole = dict(full.state_roles.per_weight)
+        for role, mine in self.shard.state_roles.per_weight:
+            for var, pt in zip(mine, self.parts):
+                if var is not None:
+                    var.assign(whole[role][pt.tensor].value.reshape(-1)[pt.start:pt.stop])
+        _copy_scalars(full, self.shard)
+
+    def save_sharded(self, directory):
+        """Write this rank's state to its own file in ``directory``, and rank 0 an index (every
+        rank calls it; nothing is gathered). See :mod:`polyak.distributed.shard_files`."""
+        shard_files.save(self, directory)
+
+    def load_sharded(self, directory):
+        """Restore a :meth:`save_sharded` checkpoint written by any number of ranks (every rank calls it)."""
+        shard_files.load(self, directory)
+
+
+def _copy_scalars(source, target):
+    for (_, mine), (_, theirs) in zip(source.state_roles.scalars(), target.state_roles.scalars()):
+        theirs.assign(mine.value)
+
+
+def _named(params):
+    """``(tensors, names)`` from tensors or ``(name, tensor)`` pairs, after checking them."""
+    if isinstance(params, dict):
+        params = list(params.items())
+    items = list(params)
+    pairs = bool(items) and all(isinstance(x, tuple) and len(x) == 2 for x in items)
+    tensors = [x[1] for x in items] if pairs else items
+    if not tensors or not all(isinstance(p, torch.Tensor) for p in tensors):
+        raise ValueError(
+            "`params` must be a non-empty list of torch tensors or of (name, tensor) pairs. "
+            f"Received: items of types {sorted({type(x).__name__ for x in items})}" if items else "Received: params=[]"
+        )
+    names = [str(x[0]) for x in items] if pairs else [f"variable_{i}" for i in range(len(tensors))]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Every parameter needs its own name. Received: names used twice {repeated}")
+    return tensors, names
+
+
+def _digest(names, params):
+    """A digest of names, shapes and dtypes: ranks compare it to catch different parameter lists."""
+    return layout_mod.FlatLayout.of([tuple(p.shape) for p in params], 1).checksum(
+        [f"{n}:{p.dtype}" for n, p in zip(names, params)])
 
 
 class _RankSquares:
-    """Norms for clipping over the whole tensors: this rank's pieces' sums of squares are
-    added over the ranks (one all-reduce of a vector with an entry per tensor, or of a scalar)."""
+    """Norms for clipping over the whole tensors: this rank's descending pieces' sums of squares
+    are added over the ranks (one all-reduce of a vector with an entry per tensor, or of a scalar),
+    in at least float32."""
 
     def __init__(self, pieces, n_tensors, process_group):
         self.pieces, self.n_tensors, self.process_group = pieces, n_tensors, process_group
 
+    @staticmethod
+    def _dtype(squares):
+        return functools.reduce(torch.promote_types, [s.dtype for s in squares], torch.float32)
+
     def per_tensor(self, xp, squares):
-        totals = torch.zeros(self.n_tensors, dtype=squares[0].dtype)
+        totals = torch.zeros(self.n_tensors, dtype=self._dtype(squares))
         for s, pc in zip(squares, self.pieces):
             totals[pc.tensor] += s.reshape(())
         dist.all_reduce(totals, group=self.process_group)
-        return [totals[pc.tensor].reshape(s.shape) for s, pc in zip(squares, self.pieces)]
+        return [totals[pc.tensor].to(s.dtype).reshape(s.shape) for s, pc in zip(squares, self.pieces)]
 
     def total(self, xp, squares):
-        total = torch.stack(squares).sum().reshape(1)
+        dtype = self._dtype(squares)
+        total = torch.stack([s.to(dtype) for s in squares]).sum().reshape(1)
         dist.all_reduce(total, group=self.process_group)
-        return total[0]
+        return total[0].to(functools.reduce(torch.promote_types, [s.dtype for s in squares]))
