@@ -124,14 +124,16 @@ class ForeachStep:
 
     def sum_squares(self, call):
         """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient statements."""
-        torch = _torch()
+        from polyak.tiers import dtensors  # imports torch: only once torch tensors are stepped
+
         evaluator = Evaluator(self._env(call))
         for statement in call.gradient_statements():
             evaluator.run(statement, call.roles)
-        norms = torch._foreach_norm(list(evaluator.env["x"]), 2, dtype=torch.float64)
-        return torch.stack(norms).square().cpu().numpy()
+        return dtensors.sums_of_squares(list(evaluator.env["x"])).cpu().numpy()
 
     def run(self, call):
+        from polyak.tiers import dtensors
+
         torch = _torch()
         evaluator = Evaluator(self._env(call))
         for kind, statement in call.body:
@@ -145,7 +147,7 @@ class ForeachStep:
             if new is _ZERO:
                 torch._foreach_zero_(tensors)
             elif new is not tensors:
-                torch._foreach_copy_(tensors, new)
+                dtensors.copy_(tensors, new)
 
 
 def _dtype(values):
