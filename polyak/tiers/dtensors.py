@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 
-def _dtensor_class():
+def dtensor_class():
+    """torch's DTensor class, or None when this torch has no distributed support."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed support: no DTensor exists
@@ -29,7 +30,7 @@ def _dtensor_class():
 def sums_of_squares(grads):
     """``[sum(g ** 2) for g in grads]`` over the full tensors, in float64, as a 1-d tensor on
     the gradients' device."""
-    dtensor = _dtensor_class()
+    dtensor = dtensor_class()
     is_sharded = [dtensor is not None and isinstance(g, dtensor) for g in grads]
     local = [g.to_local() if sharded else g for g, sharded in zip(grads, is_sharded)]
     sums = torch.stack(torch._foreach_norm(local, 2, dtype=torch.float64)).square()
@@ -53,7 +54,7 @@ def _summed_over_shards(local_sums, mesh, placements, grads):
 
 def copy_(targets, values):
     """``torch._foreach_copy_(targets, values)``, DTensors written shard by shard."""
-    dtensor = _dtensor_class()
+    dtensor = dtensor_class()
     if dtensor is None or not any(isinstance(t, dtensor) for t in targets):
         torch._foreach_copy_(targets, values)
         return

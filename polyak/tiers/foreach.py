@@ -1,17 +1,19 @@
-"""The foreach tier: PyTorch tensors off the CPU that the Triton tier cannot take, a few
-multi-tensor ``torch._foreach_*`` operations per stage.
+"""The foreach tier: PyTorch tensors off the CPU that the Triton tier cannot take, and DTensors
+(FSDP2's parameters), a few multi-tensor ``torch._foreach_*`` operations per stage.
 
 This is a third dialect of the stages' statements (:class:`~polyak.core.stages.KernelCall`):
 instead of compiling them, it evaluates each one over whole lists of tensors, one
 multi-tensor operation per arithmetic operation (``a * b`` is ``torch._foreach_mul(a, b)``,
 with a scalar of the weights' dtype or a per-tensor list of them where the statement has one),
 then writes back, with one ``torch._foreach_copy_`` each, the weights and every state role the
-statements assigned. The operations are the reference step's, in its order and dtype, so the
-numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
+statements assigned (DTensors shard by shard, :mod:`polyak.tiers.dtensors`). The operations
+are the reference step's, in its order and dtype, so the numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
 such as DTensor runs its own foreach operations); nothing is packed.
 
 Takes a step when: every weight is a float32 or float64 tensor of one dtype on one device other
-than the CPU (with ``POLYAK_TIER=foreach``, see :mod:`polyak.tiers`, the CPU too); every stage
+than the CPU, or every weight is a DTensor (on the CPU too: on 2 gloo processes, a 2.1M-parameter
+FSDP2 model of 16 tensors took 102 ms per step here against the reference tier's 167 ms), or
+``POLYAK_TIER=foreach`` (see :mod:`polyak.tiers`) asks for it on the CPU; every stage
 can be fused for the plan; every weight is stepped and every gradient is a tensor of its
 weight's dtype and shape.
 """
@@ -158,18 +160,27 @@ def _dtype(values):
     return dtype if ok else None
 
 
+def _is_dtensor(tensor):
+    from polyak.tiers import dtensors
+
+    dtensor = dtensors.dtensor_class()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
 def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
     """Whether this tier can run the (validated) step; ``forced``: asked for by
     ``POLYAK_TIER=foreach``, which lets CPU tensors in."""
     backend = optimizer._backend
-    if backend.name != "torch" or (backend.device.type == "cpu" and not forced):
+    if backend.name != "torch":
         return False
     built = optimizer._trainable_variables
+    weights = [params_mod.value_of(v) for v in built]
+    if backend.device.type == "cpu" and not forced and not (weights and all(_is_dtensor(w) for w in weights)):
+        return False
     if not (variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))):
         return False
     if not stages.fusable(plan):
         return False
-    weights = [params_mod.value_of(v) for v in built]
     dtype = _dtype(weights) if weights else None
     return dtype is not None and len(grads) == len(weights) and all(
         g is not None and _dtype([g]) is dtype and g.shape == w.shape for g, w in zip(grads, weights))
