@@ -60,6 +60,7 @@ def make_optimizer(face, model, config):
 
 
 def train(face, model, x, y, config, steps=STEPS, opt=None):
+    """``steps`` steps on ``model`` (the wrapped model under DDP: its forward syncs gradients)."""
     opt = opt or make_optimizer(face, model, config)
     params = list(model.parameters())
     for _ in range(steps):
@@ -185,3 +186,89 @@ def test_fsdp2_master_weights_equal_single_process(fsdp_results):
             np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
         for g, want in zip(got["values"], expected):
             np.testing.assert_array_equal(g, want)  # the bf16 weights are the masters rounded
+
+
+# --- torch.distributed.checkpoint --------------------------------------------------------------
+DCP_CONFIG = dict(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.05, global_clipnorm=0.3,
+                  use_ema=True, ema_momentum=0.8, gradient_accumulation_steps=2)
+BEFORE, AFTER = 3, 3  #: steps before the checkpoint (mid accumulation cycle) and after
+
+
+def dcp_state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+
+def dcp_restore(model, opt, path):
+    """A fresh model and optimizer loaded from the checkpoint at ``path``, DCP's way."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = dcp_state(model, opt)
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"])
+
+
+def wrapped(kind, model):
+    if kind == "fsdp2":
+        return shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def unwrapped(model):
+    return getattr(model, "module", model)
+
+
+def dcp_worker(rank, world_size, port, out_dir, kind):
+    distributed_launch.init(rank, world_size, port)
+    try:
+        import torch.distributed.checkpoint as dcp
+
+        x, y = half(rank, world_size, *make_data())
+        model = wrapped(kind, make_model())
+        opt = train("polyak.torch.SGD", model, x, y, DCP_CONFIG, steps=BEFORE,
+                    opt=make_optimizer("polyak.torch.SGD", unwrapped(model), DCP_CONFIG))
+        momentum = opt.state[next(model.parameters())]["momentum"]
+        dcp.save(dcp_state(model, opt), checkpoint_id=f"{out_dir}/checkpoint")
+
+        torch.manual_seed(5)  # other initial weights: only the checkpoint can make the runs agree
+        fresh = wrapped(kind, torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)))
+        opt = make_optimizer("polyak.torch.SGD", unwrapped(fresh), DCP_CONFIG)
+        dcp_restore(fresh, opt, f"{out_dir}/checkpoint")
+        train("polyak.torch.SGD", fresh, x, y, DCP_CONFIG, steps=AFTER, opt=opt)
+        values = full_values(fresh) if kind == "fsdp2" else [p.detach().numpy() for p in fresh.parameters()]
+        with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
+            pickle.dump(dict(values=values, momentum_type=type(momentum).__name__,
+                             momentum_local=tuple(getattr(momentum, "_local_tensor", momentum).shape)), f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # the 1-process load, meant
+@pytest.mark.parametrize("kind", ["fsdp2", "ddp"])
+def test_dcp_saved_on_2_ranks_resumes_on_2_and_on_1(tmp_path, kind):
+    distributed_launch.run(dcp_worker, 2, str(tmp_path), kind, timeout=60)
+
+    model = make_model()  # the uninterrupted run on one process
+    train("polyak.torch.SGD", model, *make_data(), DCP_CONFIG, steps=BEFORE + AFTER)
+    expected = [p.detach().numpy() for p in model.parameters()]
+    for r in range(2):
+        with open(tmp_path / f"rank{r}.pkl", "rb") as f:
+            got = pickle.load(f)
+        assert (got["momentum_type"], got["momentum_local"]) == (
+            ("DTensor", (4, 4)) if kind == "fsdp2" else ("Tensor", (8, 4)))
+        for g, want in zip(got["values"], expected):
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+
+    torch.manual_seed(5)  # one process, no process group, loads the 2 ranks' checkpoint
+    single = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    opt = make_optimizer("polyak.torch.SGD", single, DCP_CONFIG)
+    dcp_restore(single, opt, str(tmp_path / "checkpoint"))
+    assert int(opt.state[single[0].weight]["step"]) == BEFORE
+    train("polyak.torch.SGD", single, *make_data(), DCP_CONFIG, steps=AFTER, opt=opt)
+    for p, want in zip(single.parameters(), expected):
+        np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-5, atol=1e-6)
