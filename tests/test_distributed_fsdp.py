@@ -10,7 +10,6 @@ scaling, master weights.
 
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ import distributed_launch  # noqa: E402
 import polyak  # noqa: E402
 from polyak.torch import SGD as TorchSGD  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 BATCH = 8
 CASES = {
@@ -223,35 +221,49 @@ def unwrapped(model):
     return getattr(model, "module", model)
 
 
-def dcp_worker(rank, world_size, port, out_dir, kind):
+def save_train_restore_train(rank, world_size, out_dir, kind):
+    """Train, save with DCP, restore into a fresh model and optimizer, train on; on ``kind``."""
+    import torch.distributed.checkpoint as dcp
+
+    x, y = half(rank, world_size, *make_data())
+    model = wrapped(kind, make_model())
+    opt = train("polyak.torch.SGD", model, x, y, DCP_CONFIG, steps=BEFORE,
+                opt=make_optimizer("polyak.torch.SGD", unwrapped(model), DCP_CONFIG))
+    momentum = opt.state[next(model.parameters())]["momentum"]
+    dcp.save(dcp_state(model, opt), checkpoint_id=f"{out_dir}/checkpoint")
+
+    torch.manual_seed(5)  # other initial weights: only the checkpoint can make the runs agree
+    fresh = wrapped(kind, torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)))
+    opt = make_optimizer("polyak.torch.SGD", unwrapped(fresh), DCP_CONFIG)
+    dcp_restore(fresh, opt, f"{out_dir}/checkpoint")
+    train("polyak.torch.SGD", fresh, x, y, DCP_CONFIG, steps=AFTER, opt=opt)
+    values = full_values(fresh) if kind == "fsdp2" else [p.detach().numpy() for p in fresh.parameters()]
+    with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
+        pickle.dump(dict(values=values, momentum_type=type(momentum).__name__,
+                         momentum_local=tuple((momentum.to_local() if kind == "fsdp2" else momentum).shape)), f)
+
+
+def dcp_worker(rank, world_size, port, out_dir):
     distributed_launch.init(rank, world_size, port)
     try:
-        import torch.distributed.checkpoint as dcp
-
-        x, y = half(rank, world_size, *make_data())
-        model = wrapped(kind, make_model())
-        opt = train("polyak.torch.SGD", model, x, y, DCP_CONFIG, steps=BEFORE,
-                    opt=make_optimizer("polyak.torch.SGD", unwrapped(model), DCP_CONFIG))
-        momentum = opt.state[next(model.parameters())]["momentum"]
-        dcp.save(dcp_state(model, opt), checkpoint_id=f"{out_dir}/checkpoint")
-
-        torch.manual_seed(5)  # other initial weights: only the checkpoint can make the runs agree
-        fresh = wrapped(kind, torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)))
-        opt = make_optimizer("polyak.torch.SGD", unwrapped(fresh), DCP_CONFIG)
-        dcp_restore(fresh, opt, f"{out_dir}/checkpoint")
-        train("polyak.torch.SGD", fresh, x, y, DCP_CONFIG, steps=AFTER, opt=opt)
-        values = full_values(fresh) if kind == "fsdp2" else [p.detach().numpy() for p in fresh.parameters()]
-        with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
-            pickle.dump(dict(values=values, momentum_type=type(momentum).__name__,
-                             momentum_local=tuple(getattr(momentum, "_local_tensor", momentum).shape)), f)
+        for kind in ("fsdp2", "ddp"):
+            os.makedirs(f"{out_dir}/{kind}", exist_ok=True)
+            save_train_restore_train(rank, world_size, f"{out_dir}/{kind}", kind)
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def dcp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dcp")
+    distributed_launch.run(dcp_worker, 2, str(out), timeout=60)
+    return out
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # the 1-process load, meant
 @pytest.mark.parametrize("kind", ["fsdp2", "ddp"])
-def test_dcp_saved_on_2_ranks_resumes_on_2_and_on_1(tmp_path, kind):
-    distributed_launch.run(dcp_worker, 2, str(tmp_path), kind, timeout=60)
+def test_dcp_saved_on_2_ranks_resumes_on_2_and_on_1(dcp_runs, kind):
+    tmp_path = dcp_runs / kind
 
     model = make_model()  # the uninterrupted run on one process
     train("polyak.torch.SGD", model, *make_data(), DCP_CONFIG, steps=BEFORE + AFTER)
