@@ -10,7 +10,8 @@ decisions derived from it, never Keras's control flow of its own.
 * ``triton``: one generated Triton kernel launch per step over flat optimizer state, for
   PyTorch tensors on a CUDA device (``triton_fused``).
 * ``foreach``: a few multi-tensor ``torch._foreach_*`` operations per stage, for PyTorch
-  tensors on any other device, or that Triton cannot take (``foreach``).
+  tensors on any other device, or that Triton cannot take, and for DTensors (FSDP2's
+  sharded parameters) on every device (``foreach``).
 
 :func:`select` runs after ``Optimizer.apply`` has validated every input, as torch.optim's
 single ``_default_to_fused_or_foreach`` does: a tier that cannot take the input is passed

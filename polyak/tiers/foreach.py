@@ -1,13 +1,13 @@
-"""The foreach tier: PyTorch tensors off the CPU that the Triton tier cannot take, a few
-multi-tensor ``torch._foreach_*`` operations per stage.
+"""The foreach tier: PyTorch tensors off the CPU that the Triton tier cannot take, and DTensors
+(FSDP2's parameters), a few multi-tensor ``torch._foreach_*`` operations per stage.
 
 This is a third dialect of the stages' statements (:class:`~polyak.core.stages.KernelCall`):
 instead of compiling them, it evaluates each one over whole lists of tensors, one
 multi-tensor operation per arithmetic operation (``a * b`` is ``torch._foreach_mul(a, b)``,
 with a scalar of the weights' dtype or a per-tensor list of them where the statement has one),
 then writes back, with one ``torch._foreach_copy_`` each, the weights and every state role the
-statements assigned. The operations are the reference step's, in its order and dtype, so the
-numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
+statements assigned (DTensors shard by shard, :mod:`polyak.tiers.dtensors`). The operations
+are the reference step's, in its order and dtype, so the numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
 such as DTensor runs its own foreach operations); nothing is packed.
 
 Nothing is read back from the device (on CUDA, no synchronisation): the decisions take the
@@ -18,7 +18,9 @@ weights' dtype. A division is ``_foreach_div`` by a number or such a tensor: tru
 the reference's (which divides by a 0-d array), never a multiplication by a reciprocal.
 
 Takes a step when: every weight is a float32 or float64 tensor of one dtype on one device other
-than the CPU (with ``POLYAK_TIER=foreach``, see :mod:`polyak.tiers`, the CPU too); every stage
+than the CPU, or every weight is a DTensor (on the CPU too: on 2 gloo processes, a 2.1M-parameter
+FSDP2 model of 16 tensors took 102 ms per step here against the reference tier's 167 ms), or
+``POLYAK_TIER=foreach`` (see :mod:`polyak.tiers`) asks for it on the CPU; every stage
 can be fused for the plan; every weight is stepped and every gradient is a tensor of its
 weight's dtype and shape.
 """
@@ -136,15 +138,18 @@ class ForeachStep:
 
     def sum_squares(self, call):
         """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient
-        statements: one float64 tensor on the device."""
-        torch = _torch()
+        statements, over the full tensors (DTensors: summed over their shards): one float64
+        tensor on the device."""
+        from polyak.tiers import dtensors  # imports torch: only once torch tensors are stepped
+
         evaluator = Evaluator(self._env(call))
         for statement in call.gradient_statements():
             evaluator.run(statement, call.roles)
-        norms = torch._foreach_norm(list(evaluator.env["x"]), 2, dtype=torch.float64)
-        return torch.stack(norms).square()
+        return dtensors.sums_of_squares(list(evaluator.env["x"]))
 
     def run(self, call):
+        from polyak.tiers import dtensors
+
         torch = _torch()
         evaluator = Evaluator(self._env(call))
         for kind, statement in call.body:
@@ -158,7 +163,7 @@ class ForeachStep:
             if new is _ZERO:
                 torch._foreach_zero_(tensors)
             elif new is not tensors:
-                torch._foreach_copy_(tensors, new)
+                dtensors.copy_(tensors, new)
 
 
 def _dtype(values):
@@ -169,18 +174,27 @@ def _dtype(values):
     return dtype if ok else None
 
 
+def _is_dtensor(tensor):
+    from polyak.tiers import dtensors
+
+    dtensor = dtensors.dtensor_class()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
 def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
     """Whether this tier can run the (validated) step; ``forced``: asked for by
     ``POLYAK_TIER=foreach``, which lets CPU tensors in."""
     backend = optimizer._backend
-    if backend.name != "torch" or (backend.device.type == "cpu" and not forced):
+    if backend.name != "torch":
         return False
     built = optimizer._trainable_variables
+    weights = [params_mod.value_of(v) for v in built]
+    if backend.device.type == "cpu" and not forced and not (weights and all(_is_dtensor(w) for w in weights)):
+        return False
     if not (variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))):
         return False
     if not stages.fusable(plan):
         return False
-    weights = [params_mod.value_of(v) for v in built]
     dtype = _dtype(weights) if weights else None
     return dtype is not None and len(grads) == len(weights) and all(
         g is not None and _dtype([g]) is dtype and g.shape == w.shape for g, w in zip(grads, weights))
