@@ -9,3 +9,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Every step the fused tier can take takes it, the first included, so that tests see the tier
+# they ask for; tests/test_background_compile.py turns background compiles on for itself.
+os.environ.setdefault("POLYAK_BACKGROUND_COMPILE", "0")

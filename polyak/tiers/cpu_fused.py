@@ -16,6 +16,10 @@ plan (no constraint, no ``overwrite_with_gradient``, no ``skip_nonfinite``, a ru
 per-element statements); every weight is stepped and every gradient is a C-contiguous array
 of its weight's kind, dtype and shape. Anything else takes the reference tier, which gives
 the same numbers.
+
+Numba and the kernels load in a background thread (``polyak.tiers.background``) while the
+reference tier takes the first steps, except with norm clipping, whose norms this tier sums
+in another order: there the first step waits for them, so that no number depends on timing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import cpu_codegen
+from polyak.tiers import background, cpu_codegen, reference
 
 CHUNK = 1 << 15  #: elements per parallel work item
 kernels = None  #: the numba kernels module, imported at the first fused step
@@ -145,13 +149,16 @@ class FusedState:
                *call.scalars.values())
         return np.bincount(self.chunk_tensor, weights=self._chunk_sums, minlength=len(self.weights))
 
-    def run(self, grad_addresses, call):
-        """One fused step; every scalar is a scalar of the weights' dtype."""
-        kernel = cpu_codegen.load_update(self.parallel, call)
-        kernel(self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
-               self.sizes, self.offsets, self._like, self.decay,
-               self._no_denominators if call.denominators is None else call.denominators,
-               *(self.buffers[r] for r in call.roles), *call.scalars.values())
+    def update_arguments(self, grad_addresses, call):
+        """The update kernel's arguments; every scalar is a scalar of the weights' dtype."""
+        return (self.chunk_tensor, self.chunk_start, self.chunk_stop, self.weight_addresses, grad_addresses,
+                self.sizes, self.offsets, self._like, self.decay,
+                self._no_denominators if call.denominators is None else call.denominators,
+                *(self.buffers[r] for r in call.roles), *call.scalars.values())
+
+    def run(self, grad_addresses, call, key):
+        """One fused step; ``key``: the kernel's ``cpu_codegen.update_key``."""
+        cpu_codegen.load_update(self.parallel, call, key)(*self.update_arguments(grad_addresses, call))
 
 
 def _prepared(optimizer, plan):
@@ -174,6 +181,34 @@ def _prepared(optimizer, plan):
     return state
 
 
+def _in_background(plan) -> bool:
+    """Whether this plan's kernels compile in the background (``polyak.tiers.background``):
+    only where the fused and reference steps are bit-identical, i.e. no norm to sum, so that
+    the step at which the fused tier takes over changes no number."""
+    return not (plan.clipnorm or plan.global_clipnorm) and background.enabled()
+
+
+def _numba_ready(optimizer, plan) -> bool:
+    """Before this tier first prepares for the weights: whether numba is loaded, and for NumPy
+    the address reader compiled for the weights' dtype and dimensionalities; if not, that is
+    queued for the background. True when it is done in the foreground (by ``_prepared``)."""
+    memory = memory_for(optimizer._backend)
+    if memory is None or not _in_background(plan):
+        return True
+    weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
+    dtype = memory.dtype_of(weights) if weights else None
+    if dtype is None:
+        return True
+    ndims = tuple(sorted({w.ndim for w in weights})) if memory is NumpyMemory else ()
+    return background.COMPILER.ready(("numba", memory.__name__, dtype.str, ndims),
+                                     lambda: _load_numba(dtype, ndims))
+
+
+def _load_numba(dtype, ndims):
+    if available():
+        kernels.AddressReader.compile_for(dtype, ndims)
+
+
 def _all_weights(optimizer, variables):
     built = optimizer._trainable_variables
     return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
@@ -193,6 +228,8 @@ def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
     ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
     if not _all_weights(optimizer, variables) or not stages.fusable(plan):
         return False
+    if not isinstance(optimizer._tier_cache, FusedState) and not _numba_ready(optimizer, plan):
+        return False
     state = _prepared(optimizer, plan)
     return state is not None and (proof is not None or state.addresses(grads) is not None)
 
@@ -201,7 +238,8 @@ class CpuFusedTier:
     name = "cpu_fused"
 
     def run(self, optimizer, plan, indices, grads, proof=None) -> str:
-        """One step through the kernel; ``proof``: the gradients' addresses, when already read."""
+        """One step through the kernel; ``proof``: the gradients' addresses, when already read.
+        While the kernel compiles in the background, the reference tier takes the step."""
         state = _prepared(optimizer, plan)
         addresses = proof if proof is not None else state.addresses(grads)
         backend = optimizer._backend
@@ -218,7 +256,13 @@ class CpuFusedTier:
         )
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
-            state.run(addresses, call)
+        key = cpu_codegen.update_key(state.parallel, call)
+        if _in_background(plan) and not background.COMPILER.ready(
+                (key, state.dtype.str),
+                lambda: cpu_codegen.compile_update(state.parallel, call, key, state.update_arguments(addresses, call))):
+            return reference.TIER.run(optimizer, plan, indices, grads)
+        with np.errstate(all="ignore"):
+            state.run(addresses, call, key)
         optimizer._iterations.advance()
         return self.name
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from numba import njit, types
+from numba import njit, typeof, types
 from numba.extending import intrinsic
 
 
@@ -73,6 +73,12 @@ class AddressReader:
                 group = members[first:first + self.GROUP]
                 self._take[group] = self.GROUP * len(self._getters) + np.arange(len(group))
                 self._getters.append(operator.itemgetter(*group, *[group[0]] * (self.GROUP - len(group))))
+
+    @staticmethod
+    def compile_for(dtype, ndims):
+        """Compile the reader for C-contiguous arrays of ``dtype`` in each of ``ndims``."""
+        for ndim in ndims:
+            _addresses16.compile((typeof(np.zeros((0,) * ndim, dtype)),) * AddressReader.GROUP)
 
     def __call__(self, arrays):
         found = []

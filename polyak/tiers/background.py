@@ -1,0 +1,106 @@
+"""Compiling the fused CPU kernels in a background thread while the reference tier steps.
+
+Loading numba and compiling a kernel costs about a second, and a new configuration two or
+three; a step takes milliseconds. So the fused tier asks :data:`COMPILER` whether what a step
+needs is ready: if not, the work is queued for one daemon thread and that step runs the
+reference tier, which gives the same numbers bit for bit (the fused tier only promises that
+for configurations without norm clipping: those compile in the foreground, so that a run's
+numbers never depend on timing).
+
+Set ``POLYAK_BACKGROUND_COMPILE=0`` to compile in the foreground instead: every step the
+fused tier can take then takes it, the first one waiting for its kernel. :func:`wait` blocks
+until the queued work is done (benchmarks call it after their warm-up). At the interpreter's
+exit, queued work is dropped and the job under way is let finish.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import threading
+
+
+def enabled() -> bool:
+    """Whether kernels compile in the background (``POLYAK_BACKGROUND_COMPILE``, on unless "0")."""
+    return os.environ.get("POLYAK_BACKGROUND_COMPILE", "1") != "0"
+
+
+class Compiler:
+    """Runs jobs, once per key and in the order asked, on one daemon thread."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._done = set()
+        self._pending = set()
+        self._queue = collections.deque()
+        self._thread = None
+        self._closed = False
+
+    def ready(self, key, job) -> bool:
+        """Whether ``key``'s job has run (or failed: its caller then compiles in the foreground
+        and sees the error); if not, it is queued, once."""
+        if key in self._done:
+            return True
+        with self._lock:
+            if key in self._done or self._closed:
+                return True
+            if key not in self._pending:
+                self._pending.add(key)
+                self._queue.append((key, job))
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._work, name="polyak-kernel-compiler", daemon=True)
+                    self._thread.start()
+        return False
+
+    def _work(self):
+        while True:
+            with self._lock:
+                if self._closed or not self._queue:
+                    self._thread = None
+                    self._lock.notify_all()
+                    return
+                key, job = self._queue.popleft()
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - the step that needs it compiles in the foreground and raises
+                pass
+            finally:
+                with self._lock:
+                    self._done.add(key)
+                    self._pending.discard(key)
+
+    def wait(self) -> bool:
+        """Block until every queued job has run; whether there was any."""
+        with self._lock:
+            waited = self._thread is not None
+            while self._thread is not None:
+                self._lock.wait()
+        return waited
+
+    def close(self):
+        """Drop the queued jobs and wait for the one under way (at the interpreter's exit)."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+        self.wait()
+
+
+COMPILER = Compiler()
+
+
+def wait() -> bool:
+    """Block until the kernels queued for compiling are ready; whether any were."""
+    return COMPILER.wait()
+
+
+def _fresh_after_fork():
+    # a forked child has no worker thread, and the lock may have been held when it forked
+    global COMPILER
+    done = COMPILER._done
+    COMPILER = Compiler()
+    COMPILER._done = set(done)
+
+
+atexit.register(lambda: COMPILER.close())
+os.register_at_fork(after_in_child=_fresh_after_fork)
