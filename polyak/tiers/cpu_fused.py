@@ -161,12 +161,12 @@ class FusedState:
         cpu_codegen.load_update(self.parallel, call, key)(*self.update_arguments(grad_addresses, call))
 
 
-def _prepared(optimizer, plan):
+def _prepared(optimizer, plan, bound=False):
     """The optimizer's FusedState for its built weights (made now if needed), or None when
-    this tier cannot take them."""
+    this tier cannot take them; ``bound``: ``still_bound`` was checked in this ``apply``."""
     state = optimizer._tier_cache
     decay_mask = tuple(plan.decay_mask) if plan.weight_decay is not None else (False,) * len(plan.decay_mask)
-    if isinstance(state, FusedState) and state.still_bound() and state.decay_mask == decay_mask:
+    if isinstance(state, FusedState) and (bound or state.still_bound()) and state.decay_mask == decay_mask:
         return state
     memory = memory_for(optimizer._backend)
     weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
@@ -230,7 +230,7 @@ def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
         return False
     if not isinstance(optimizer._tier_cache, FusedState) and not _numba_ready(optimizer, plan):
         return False
-    state = _prepared(optimizer, plan)
+    state = _prepared(optimizer, plan, bound=proof is not None)  # a proof was read from a bound state
     return state is not None and (proof is not None or state.addresses(grads) is not None)
 
 
@@ -240,7 +240,7 @@ class CpuFusedTier:
     def run(self, optimizer, plan, indices, grads, proof=None) -> str:
         """One step through the kernel; ``proof``: the gradients' addresses, when already read.
         While the kernel compiles in the background, the reference tier takes the step."""
-        state = _prepared(optimizer, plan)
+        state = _prepared(optimizer, plan, bound=True)  # ``can_take`` prepared it in this ``apply``
         addresses = proof if proof is not None else state.addresses(grads)
         backend = optimizer._backend
         iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
