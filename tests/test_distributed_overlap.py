@@ -1,7 +1,8 @@
 """``ShardedOptimizer(overlap=True)``: the reduce-scatter runs during the backward pass, with the same numbers.
 
 Two gloo processes train the same model twice from the same start, without and with overlap
-(momentum, global_clipnorm, EMA, a float32 and a float64 layer, buckets of one tensor or so):
+(momentum, global_clipnorm, EMA, a float32 and a float64 layer, three buckets), with each of
+the two bucket collectives (gloo's all-reduce, and the uneven reduce-scatter other backends use):
 the parameters and the whole state must be equal bit for bit after every step, and with overlap
 every bucket must already be launched when ``backward()`` returns. Misuse is refused clearly.
 """
@@ -51,10 +52,11 @@ def worker(rank, world_size, port, out):
     try:
         results = {}
         runs = {}
-        for overlap in (False, True):
+        for overlap, all_reduce in [(False, True), (True, True), (False, False), (True, False)]:
             model = Mixed()
             opt = ShardedOptimizer(polyak.SGD(**CONFIG), overlap=overlap, bucket_mb=BUCKET_MB)
             opt.build(model.named_parameters())
+            opt._gradients.all_reduce = all_reduce  # gloo's choice, and the reduce-scatter other backends use
             trajectory = []
             for step in range(STEPS):
                 backward(model, step, rank, world_size)
@@ -64,11 +66,15 @@ def worker(rank, world_size, port, out):
                 else:
                     opt.apply([p.grad for p in model.parameters()])
                 trajectory.append(snapshot(model, opt))
-            runs[overlap] = trajectory
+            runs[overlap, all_reduce] = trajectory
         results["buckets"] = np.array(len(opt._gradients.buckets))
-        results["bit_equal"] = np.array([all(torch.equal(a, b) for a, b in zip(plain, overlapped))
-                                         for plain, overlapped in zip(runs[False], runs[True])])
-        results["moved"] = np.array(not torch.equal(runs[True][0][0], runs[True][-1][0]))
+        for all_reduce in (True, False):
+            results[f"bit_equal{all_reduce}"] = np.array([
+                all(torch.equal(a, b) for a, b in zip(plain, overlapped))
+                for plain, overlapped in zip(runs[False, all_reduce], runs[True, all_reduce])])
+        results["both_collectives_agree"] = np.array(  # two ranks: a sum of two is exact in any order
+            all(torch.equal(a, b) for a, b in zip(runs[True, True][-1], runs[True, False][-1])))
+        results["moved"] = np.array(not torch.equal(runs[True, True][0][0], runs[True, True][-1][0]))
         results["params"] = np.array(len(list(model.parameters())))
 
         # misuse: gradients passed to an overlapped apply, two backward passes before apply
@@ -101,7 +107,9 @@ def ranks(tmp_path_factory):
 
 def test_overlap_equals_plain_bit_for_bit(ranks):
     for results in ranks:
-        assert results["bit_equal"].tolist() == [True] * STEPS
+        assert results["bit_equalTrue"].tolist() == [True] * STEPS
+        assert results["bit_equalFalse"].tolist() == [True] * STEPS
+        assert bool(results["both_collectives_agree"])
         assert bool(results["moved"])
 
 

@@ -8,8 +8,11 @@ rank ``r`` the sum over the ranks of ``[max(start, r S), min(stop, (r + 1) S))``
 empty), written straight into rank ``r``'s slice. Every element is summed exactly once, so the
 slices are those of one reduce-scatter of the whole flat buffer.
 
-The buckets are launched in one fixed order on every rank (collectives must match), each as an
-asynchronous ``torch.distributed.reduce_scatter``:
+The buckets are launched in one fixed order on every rank (collectives must match), each as one
+asynchronous collective: on gloo an ``all_reduce`` of the bucket, of which each rank keeps its
+part (gloo's reduce-scatter sends as many bytes as its all-reduce, measured with
+``benchmarks/zero1_gloo.py``, and its list form with uneven parts took 2 to 3 times longer on 4
+ranks); on other backends (NCCL) a ``reduce_scatter`` with uneven parts.
 
 * without overlap, :meth:`BucketedReduceScatter.reduce_scatter` launches them all from the
   gradients given to ``apply`` and waits;
@@ -18,8 +21,8 @@ asynchronous ``torch.distributed.reduce_scatter``:
   and next in order is launched while the backward pass goes on; :meth:`wait` then collects them.
 
 Both run the same collectives on the same buffers, so their results are equal bit for bit, for
-any number of ranks. (A bucketed reduce-scatter is not bit-equal to an unbucketed one on more
-than two ranks: gloo's sum order per element depends on where it sits in the buffer.)
+any number of ranks. (A bucketed reduction is not bit-equal to an unbucketed one on more than
+two ranks: gloo's sum order per element depends on where it sits in the buffer.)
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class BucketedReduceScatter:
     def __init__(self, groups, rank, world_size, process_group, bucket_bytes):
         self.groups, self.rank, self.world_size, self.process_group = groups, rank, world_size, process_group
         self.buckets = plan(groups, bucket_bytes)
+        self.all_reduce = dist.get_backend(process_group) == "gloo"
         self._bucket_of = {i: b for b, bucket in enumerate(self.buckets) for i in bucket.tensors}
         self._hooks = []
         self._reset()
@@ -87,16 +91,26 @@ class BucketedReduceScatter:
             self._flats[b][a:z].copy_(grad.reshape(-1))
         self._arrived[b].add(i)
 
-    def _launch(self, b):
+    def _mine(self, b):
+        """This rank's part of bucket ``b``: where it sits in the bucket, and in the slice."""
         bucket = self.buckets[b]
         shard = self.groups[bucket.group].layout.shard_size
         sizes = [max(0, min(bucket.stop, (r + 1) * shard) - max(bucket.start, r * shard))
                  for r in range(self.world_size)]
-        lo = max(bucket.start, self.rank * shard) - self.rank * shard
-        out = self._slices[bucket.group][lo:lo + sizes[self.rank]] if sizes[self.rank] else \
-            torch.empty(0, dtype=self._flats[b].dtype)
-        self._works.append(dist.reduce_scatter(out, list(self._flats[b].split(sizes)),
-                                               group=self.process_group, async_op=True))
+        start = max(bucket.start, self.rank * shard)
+        return sizes, slice(start - bucket.start, start - bucket.start + sizes[self.rank]), \
+            slice(start - self.rank * shard, start - self.rank * shard + sizes[self.rank])
+
+    def _launch(self, b):
+        sizes, _, in_slice = self._mine(b)
+        flat = self._flats[b]
+        if self.all_reduce:
+            work = dist.all_reduce(flat, group=self.process_group, async_op=True)
+        else:
+            out = self._slices[self.buckets[b].group][in_slice]
+            work = dist.reduce_scatter(out if out.numel() else torch.empty(0, dtype=flat.dtype),
+                                       list(flat.split(sizes)), group=self.process_group, async_op=True)
+        self._works.append(work)
 
     def _launch_ready(self):
         while len(self._works) < len(self.buckets):
@@ -106,8 +120,11 @@ class BucketedReduceScatter:
             self._launch(b)
 
     def _collect(self):
-        for work in self._works:
+        for b, work in enumerate(self._works):
             work.wait()
+            if self.all_reduce:
+                _, in_bucket, in_slice = self._mine(b)
+                self._slices[self.buckets[b].group][in_slice] = self._flats[b][in_bucket]
         slices = self._slices
         self._reset()
         return slices
