@@ -9,7 +9,10 @@ broadcasts them). Printed per worker: the median time of a whole training step (
 backward, communication, update), the optimizer state held, and the bytes this process wrote
 to its sockets per step (``wchar`` of ``/proc/self/io``, gloo's TCP writes; Linux only).
 
-Run: python benchmarks/zero1_gloo.py [--steps 20] [--width 512]
+With ``--overlap``, a third row per world size: ``ShardedOptimizer(overlap=True)``, which
+reduce-scatters buckets of ``--bucket-mb`` MiB from gradient hooks during the backward pass.
+
+Run: python benchmarks/zero1_gloo.py [--steps 20] [--width 512] [--overlap] [--bucket-mb 1]
 """
 
 import argparse
@@ -44,19 +47,20 @@ def written():
         return next(int(line.split()[1]) for line in f if line.startswith("wchar"))
 
 
-def run(kind, rank, world_size, steps, width):
+def run(kind, rank, world_size, steps, width, bucket_mb):
     model = make_model(width)
     x = torch.randn(BATCH, 64, generator=torch.Generator().manual_seed(1))
     y = x[:, :1].sin()
     mine = slice(rank * BATCH // world_size, (rank + 1) * BATCH // world_size)
-    if kind == "polyak":
-        opt = ShardedOptimizer(polyak.SGD(0.01, momentum=0.9))
+    if kind.startswith("polyak"):
+        overlap = kind == "polyak overlap"
+        opt = ShardedOptimizer(polyak.SGD(0.01, momentum=0.9), overlap=overlap, bucket_mb=bucket_mb)
         opt.build(model.named_parameters())
 
         def step():
             model.zero_grad()
             torch.nn.functional.mse_loss(model(x[mine]), y[mine]).backward()
-            opt.apply([p.grad for p in model.parameters()])
+            opt.apply() if overlap else opt.apply([p.grad for p in model.parameters()])
 
         state = opt.state_bytes
     else:
@@ -90,11 +94,11 @@ def run(kind, rank, world_size, steps, width):
     return statistics.median(times), state(), (barriers - barriers_alone) / steps
 
 
-def worker(rank, world_size, port, steps, width, out):
+def worker(rank, world_size, port, steps, width, bucket_mb, kinds, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=120))
-    rows = [(kind, *run(kind, rank, world_size, steps, width)) for kind in ("polyak", "torch")]
+    rows = [(kind, *run(kind, rank, world_size, steps, width, bucket_mb)) for kind in kinds]
     if rank == 0:
         torch.save(rows, out)
     dist.destroy_process_group()
@@ -104,7 +108,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--overlap", action="store_true", help="add ShardedOptimizer(overlap=True)")
+    parser.add_argument("--bucket-mb", type=float, default=1.0, help="ShardedOptimizer's bucket size (MiB)")
     args = parser.parse_args()
+    kinds = ("polyak", "polyak overlap", "torch") if args.overlap else ("polyak", "torch")
     params = sum(p.numel() for p in make_model(args.width).parameters())
     print(f"MLP of {params} float32 parameters ({params * 4 / 1e6:.2f} MB), momentum SGD, batch {BATCH}, "
           f"{args.steps} timed steps; per worker (rank 0), gloo over loopback, {os.cpu_count()} CPU cores")
@@ -116,9 +123,11 @@ def main():
             port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "rows.pt")
-            mp.spawn(worker, args=(world_size, port, args.steps, args.width, out), nprocs=world_size)
+            mp.spawn(worker, args=(world_size, port, args.steps, args.width, args.bucket_mb, kinds, out),
+                     nprocs=world_size)
             for kind, seconds, state, sent in torch.load(out):
-                name = "polyak ShardedOptimizer" if kind == "polyak" else "torch ZeroRedundancyOptimizer + DDP"
+                name = {"polyak": "polyak ShardedOptimizer", "polyak overlap": "polyak ShardedOptimizer(overlap=True)",
+                        "torch": "torch ZeroRedundancyOptimizer + DDP"}[kind]
                 print(f"| {world_size} | {name} | {seconds * 1e3:.1f} ms | {state / 1e6:.2f} MB | "
                       f"{max(sent, 0) / 1e6:.2f} MB |")
 

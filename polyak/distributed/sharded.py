@@ -6,8 +6,9 @@ each dtype group of P elements, each of the W ranks owns one contiguous slice of
 keeps the optimizer state (momentum, EMA averages, gradient accumulators, float32 master copies)
 for that slice only. One step on every rank:
 
-1. per dtype group, the flat gradients are reduce-scattered and divided by W: each rank gets the
-   mean gradient ``g = (1/W) sum_r g_r`` on its slice;
+1. per dtype group, the flat gradients are reduce-scattered (bucket by bucket, see
+   :mod:`polyak.distributed.buckets`; with ``overlap=True`` during the backward pass) and
+   divided by W: each rank gets the mean gradient ``g = (1/W) sum_r g_r`` on its slice;
 2. the rank runs the wrapped optimizer's full step (master weights, ``overwrite_with_gradient``,
    loss scale, accumulation, clipping, weight decay, momentum, EMA, skip_nonfinite) on its
    slices, cut into per-tensor pieces;
@@ -46,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 import polyak
+from polyak.distributed import buckets
 from polyak.distributed import layout as layout_mod
 from polyak.distributed import shard_files
 from polyak.optimizers.base import Optimizer
@@ -63,15 +65,27 @@ class ShardedOptimizer:
     tensor)`` pairs such as ``model.named_parameters()``), then call :meth:`apply` with each
     rank's local gradients.
 
+    ``overlap=True`` reduce-scatters each bucket of about ``bucket_mb`` MiB of gradients as soon
+    as the backward pass has produced it (hooks on the parameters, as DDP does); ``apply()`` then
+    takes no gradients and waits for the buckets. The numbers equal those without overlap bit for
+    bit (the same bucketed collectives run either way). One backward pass per ``apply()``.
+
     Example (on every rank, after ``torch.distributed.init_process_group``)::
 
         opt = ShardedOptimizer(polyak.SGD(0.1, momentum=0.9, global_clipnorm=1.0))
         opt.build(model.named_parameters())
         loss.backward()
         opt.apply([p.grad for p in model.parameters()])
+
+    or, overlapped::
+
+        opt = ShardedOptimizer(polyak.SGD(0.1, momentum=0.9), overlap=True)
+        opt.build(model.named_parameters())
+        loss.backward()  # buckets are reduce-scattered as their gradients arrive
+        opt.apply()
     """
 
-    def __init__(self, optimizer, process_group=None):
+    def __init__(self, optimizer, process_group=None, overlap=False, bucket_mb=1.0):
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError(
                 "`ShardedOptimizer` needs an initialised process group: call "
@@ -81,7 +95,12 @@ class ShardedOptimizer:
             raise ValueError(
                 f"`optimizer` must be an unbuilt polyak optimizer. Received: optimizer={optimizer!r}"
             )
+        if not isinstance(overlap, bool):
+            raise ValueError(f"`overlap` must be True or False. Received: overlap={overlap!r}")
+        if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
+            raise ValueError(f"`bucket_mb` must be a number greater than 0. Received: bucket_mb={bucket_mb!r}")
         self.optimizer = optimizer
+        self.overlap, self.bucket_mb = overlap, bucket_mb
         self.process_group = process_group
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
@@ -119,6 +138,10 @@ class ShardedOptimizer:
         self.shard.exclude_from_weight_decay(
             var_list=[v for v, pt in zip(self._views, parts) if not self.decays[pt.tensor]])
         self.shard.build(self._views)
+        self._gradients = buckets.BucketedReduceScatter(groups, self.rank, self.world_size, self.process_group,
+                                                        int(self.bucket_mb * 2**20))
+        if self.overlap:
+            self._gradients.attach(params, names)
         self.built = True
 
     def _decays(self, param, name):
@@ -158,16 +181,14 @@ class ShardedOptimizer:
         return torch.nn.functional.pad(flat, (0, group.layout.padded_size - flat.numel()))
 
     # --- the step ---------------------------------------------------------------------
-    def apply(self, grads):
-        """One step from this rank's gradients (aligned with the built parameters); every rank calls it."""
+    def apply(self, grads=None):
+        """One step from this rank's gradients (aligned with the built parameters); every rank calls it.
+
+        With ``overlap=True`` the gradients were taken during the backward pass: call ``apply()``
+        with no ``grads``."""
         if not self.built:
             raise ValueError("Call `build(params)` before `apply`.")
-        grads = list(grads)
-        shapes = [None if g is None else tuple(g.shape) for g in grads]
-        expected = [tuple(p.shape) for p in self.params]
-        if shapes != expected:
-            raise ValueError(f"`grads` must match the built parameters' shapes {expected}. Received: {shapes}")
-        g_slices = [self._reduce_scatter(self._flat(g, grads)) / self.world_size for g in range(len(self.groups))]
+        g_slices = [s / self.world_size for s in self._reduced(grads)]
         skipped = False
         if self.shard.skip_nonfinite:
             bad = torch.tensor([float(not torch.isfinite(s).all()) for s in g_slices]).max().reshape(1)
@@ -183,6 +204,24 @@ class ShardedOptimizer:
                     self.params[i].copy_(full[a:b].view_as(self.params[i]))
         if not skipped:
             self._constrain()
+
+    def _reduced(self, grads):
+        """This rank's slices of the gradients summed over the ranks, one per dtype group."""
+        if self.overlap:
+            if grads is not None:
+                raise ValueError(
+                    "With `overlap=True` the gradients are reduced during the backward pass: call `apply()` "
+                    f"without `grads`. Received: grads of type {type(grads).__name__}"
+                )
+            return self._gradients.wait()
+        if grads is None:
+            raise ValueError("`grads` is required (it is optional only with `overlap=True`). Received: grads=None")
+        grads = list(grads)
+        shapes = [None if g is None else tuple(g.shape) for g in grads]
+        expected = [tuple(p.shape) for p in self.params]
+        if shapes != expected:
+            raise ValueError(f"`grads` must match the built parameters' shapes {expected}. Received: {shapes}")
+        return self._gradients.reduce_scatter(grads)
 
     def _has_master(self, i):
         return bool(self.optimizer.master_weights) and self.params[i].dtype in _SIXTEEN_BIT
@@ -228,12 +267,6 @@ class ShardedOptimizer:
         dist.all_reduce(buffer, group=self.process_group)
         return [buffer[starts[i]:starts[i] + self.params[i].numel()].view(self.params[i].shape)
                 if i in starts else None for i in todo]
-
-    def _reduce_scatter(self, flat):
-        out = torch.empty(flat.numel() // self.world_size, dtype=flat.dtype)
-        reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        reduce_scatter(out, flat, group=self.process_group)
-        return out
 
     def _all_gather(self, local):
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
