@@ -33,6 +33,7 @@ import secrets
 import torch
 import torch.distributed as dist
 
+from polyak.distributed import failures
 from polyak.distributed import layout as layout_mod
 from polyak.saving import files
 from polyak.saving.checkpoint import to_numpy
@@ -46,10 +47,11 @@ def _file_name(tag, rank, world_size):
     return f"shard-{tag}-{rank:05d}-of-{world_size:05d}.safetensors"
 
 
-def _agree(opt, failed):
+def _agree(opt, failed, operation):
     """Whether any rank failed (one all-reduce; every rank must call it)."""
     flag = torch.tensor([float(failed)])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=opt.process_group)
+    with failures.peers(operation, opt.process_group):
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=opt.process_group)
     return bool(flag[0])
 
 
@@ -61,9 +63,10 @@ def _parameters(opt):
 def save(opt, directory):
     """Every rank writes its file; rank 0 then writes the index and removes the previous save's files."""
     tag = [secrets.token_hex(6) if opt.rank == 0 else None]
-    dist.broadcast_object_list(tag, group=opt.process_group, group_src=0)
+    with failures.peers("ShardedOptimizer.save_sharded (sharing the save's tag)", opt.process_group):
+        dist.broadcast_object_list(tag, group=opt.process_group, group_src=0)
     tag = tag[0]
-    error = None
+    error, path = None, os.path.join(directory, _file_name(tag, opt.rank, opt.world_size))
     try:
         os.makedirs(directory, exist_ok=True)
         tensors = {key: to_numpy(var) for key, var in opt.shard.state_roles.scalars()}
@@ -71,18 +74,29 @@ def save(opt, directory):
             for var, pt in zip(variables, opt.parts):
                 if var is not None:
                     tensors[f"{opt.names[pt.tensor]}/{role}"] = to_numpy(var)
-        files.write(os.path.join(directory, _file_name(tag, opt.rank, opt.world_size)), tensors,
+        files.write(path, tensors,
                     {"rank": str(opt.rank), "world_size": str(opt.world_size)})
     except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
         error = caught
-    if _agree(opt, error is not None):
+    try:
+        failed = _agree(opt, error is not None, "ShardedOptimizer.save_sharded (agreeing that every shard was written)")
+    except failures.DistributedTimeoutError:
+        _remove(path)  # no index will name it: the previous checkpoint stays whole
+        raise
+    if failed:
         if error is not None:
             raise error
         raise RuntimeError(f"Another rank failed to write its shard to {directory!r}; the index was not written, "
                            "so the previous checkpoint there (if any) is unchanged.")
     if opt.rank == 0:
         _write_index(opt, directory, tag)
-    dist.barrier(group=opt.process_group)
+    with failures.peers("ShardedOptimizer.save_sharded (barrier after the index)", opt.process_group):
+        dist.barrier(group=opt.process_group)
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _write_index(opt, directory, tag):
@@ -99,8 +113,7 @@ def _write_index(opt, directory, tag):
     files.atomic_write(os.path.join(directory, INDEX), json.dumps(index, indent=1).encode())
     for stale in glob.glob(os.path.join(directory, "shard-*.safetensors")):
         if os.path.basename(stale) not in names:
-            with contextlib.suppress(OSError):
-                os.unlink(stale)
+            _remove(stale)
 
 
 def load(opt, directory):
@@ -110,7 +123,7 @@ def load(opt, directory):
         assignments = _read(opt, directory)
     except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
         error = caught
-    if _agree(opt, error is not None):
+    if _agree(opt, error is not None, "ShardedOptimizer.load_sharded (agreeing that every rank read its part)"):
         if error is not None:
             raise error
         raise RuntimeError(f"Another rank could not read its part of the checkpoint {directory!r}. Nothing was "

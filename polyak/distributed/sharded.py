@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 import polyak
-from polyak.distributed import buckets
+from polyak.distributed import buckets, failures
 from polyak.distributed import layout as layout_mod
 from polyak.distributed import shard_files
 from polyak.optimizers.base import Optimizer
@@ -151,7 +151,8 @@ class ShardedOptimizer:
 
     def _check_same_everywhere(self, checksum):
         values = torch.tensor([checksum, -checksum], dtype=torch.int64)
-        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.process_group)
+        with failures.peers("ShardedOptimizer.build (comparing the parameter lists)", self.process_group):
+            dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.process_group)
         if values[0] != checksum or -values[1] != checksum:
             raise ValueError(
                 "The ranks were given different parameter lists (names, shapes or dtypes differ): every rank "
@@ -192,13 +193,14 @@ class ShardedOptimizer:
         skipped = False
         if self.shard.skip_nonfinite:
             bad = torch.tensor([float(not torch.isfinite(s).all()) for s in g_slices]).max().reshape(1)
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
+            with failures.peers("ShardedOptimizer.apply (agreeing on non-finite gradients)", self.process_group):
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
             if bad[0]:
                 skipped = True
                 g_slices = [torch.full_like(s, float("nan")) for s in g_slices]
         self.shard.apply([g_slices[pt.group][pt.local:pt.local + pt.size] for pt in self.parts], self._views)
         for g, group in enumerate(self.groups):
-            full = self._all_gather(self._slices[g])
+            full = self._all_gather(self._slices[g], "ShardedOptimizer.apply (all-gather of the updated slices)")
             with torch.no_grad():
                 for i, a, b in zip(group.tensors, group.layout.offsets, group.layout.offsets[1:]):
                     self.params[i].copy_(full[a:b].view_as(self.params[i]))
@@ -213,7 +215,8 @@ class ShardedOptimizer:
                     "With `overlap=True` the gradients are reduced during the backward pass: call `apply()` "
                     f"without `grads`. Received: grads of type {type(grads).__name__}"
                 )
-            return self._gradients.wait()
+            with failures.peers("ShardedOptimizer.apply (reduce-scatter of the gradients)", self.process_group):
+                return self._gradients.wait()
         if grads is None:
             raise ValueError("`grads` is required (it is optional only with `overlap=True`). Received: grads=None")
         grads = list(grads)
@@ -221,7 +224,8 @@ class ShardedOptimizer:
         expected = [tuple(p.shape) for p in self.params]
         if shapes != expected:
             raise ValueError(f"`grads` must match the built parameters' shapes {expected}. Received: {shapes}")
-        return self._gradients.reduce_scatter(grads)
+        with failures.peers("ShardedOptimizer.apply (reduce-scatter of the gradients)", self.process_group):
+            return self._gradients.reduce_scatter(grads)
 
     def _has_master(self, i):
         return bool(self.optimizer.master_weights) and self.params[i].dtype in _SIXTEEN_BIT
@@ -264,13 +268,15 @@ class ShardedOptimizer:
         for var, pt in zip(self.shard.state_roles.role(MASTER), self.parts):
             if pt.tensor in starts:
                 buffer[starts[pt.tensor] + pt.start:starts[pt.tensor] + pt.stop] = var.value
-        dist.all_reduce(buffer, group=self.process_group)
+        with failures.peers("ShardedOptimizer.apply (all-reduce of the constrained masters)", self.process_group):
+            dist.all_reduce(buffer, group=self.process_group)
         return [buffer[starts[i]:starts[i] + self.params[i].numel()].view(self.params[i].shape)
                 if i in starts else None for i in todo]
 
-    def _all_gather(self, local):
+    def _all_gather(self, local, operation):
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(parts, local, group=self.process_group)
+        with failures.peers(operation, self.process_group):
+            dist.all_gather(parts, local, group=self.process_group)
         return torch.cat(parts)
 
     # --- state ---------------------------------------------------------------------------
@@ -304,7 +310,7 @@ class ShardedOptimizer:
                 for var, pt in zip(mine[role], self.parts):
                     if pt.group == g and var is not None:
                         local[pt.local:pt.local + pt.size] = var.value
-                gathered = self._all_gather(local)
+                gathered = self._all_gather(local, "ShardedOptimizer.unsharded (all-gather of the state)")
                 for var, a, b in zip(targets, group.layout.offsets, group.layout.offsets[1:]):
                     if var is not None:
                         var.assign(gathered[a:b].reshape(var.value.shape))
@@ -316,7 +322,8 @@ class ShardedOptimizer:
         full = self.unsharded()
         if self.rank == 0:
             polyak.save(path, full)
-        dist.barrier(group=self.process_group)
+        with failures.peers("ShardedOptimizer.save (barrier after rank 0 wrote)", self.process_group):
+            dist.barrier(group=self.process_group)
 
     def load(self, path):
         """Restore a checkpoint of the unsharded state (written by any number of ranks, or by one)."""
@@ -385,11 +392,13 @@ class _RankSquares:
         totals = torch.zeros(self.n_tensors, dtype=self._dtype(squares))
         for s, pc in zip(squares, self.pieces):
             totals[pc.tensor] += s.reshape(())
-        dist.all_reduce(totals, group=self.process_group)
+        with failures.peers("ShardedOptimizer.apply (all-reduce of the clipping norms)", self.process_group):
+            dist.all_reduce(totals, group=self.process_group)
         return [totals[pc.tensor].to(s.dtype).reshape(s.shape) for s, pc in zip(squares, self.pieces)]
 
     def total(self, xp, squares):
         dtype = self._dtype(squares)
         total = torch.stack([s.to(dtype) for s in squares]).sum().reshape(1)
-        dist.all_reduce(total, group=self.process_group)
+        with failures.peers("ShardedOptimizer.apply (all-reduce of the clipping norm)", self.process_group):
+            dist.all_reduce(total, group=self.process_group)
         return total[0].to(functools.reduce(torch.promote_types, [s.dtype for s in squares]))
