@@ -109,3 +109,42 @@ def test_a_lost_peer_raises_a_clear_error_and_the_checkpoint_stays_whole(tmp_pat
         assert pickle.load(f)["iterations"] == 1
     with open(tmp_path / "checkpoint" / "index.json") as f:
         assert json.load(f)["world_size"] == 2
+
+
+def meshes_worker(rank, world_size, port, out_dir):
+    """Two DTensor parameters, on a 1-D mesh and on a 2-D mesh over the same two ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from polyak.torch import SGD as TorchSGD
+
+    init(rank, world_size, port)
+    flat = init_device_mesh("cpu", (2,), mesh_dim_names=("data",))
+    square = init_device_mesh("cpu", (1, 2), mesh_dim_names=("replica", "shard"))
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(distribute_tensor(torch.randn(4, 2), flat, [Shard(0)]))
+    b = torch.nn.Parameter(distribute_tensor(torch.randn(4, 2), square, [Shard(0), Shard(0)]))
+    before = [a.to_local().clone(), b.to_local().clone()]
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    errors = []
+    for make in (lambda: polyak.SGD(0.1, momentum=0.9).build([a, b]),
+                 lambda: TorchSGD([("a", a), ("b", b)], lr=0.1, momentum=0.9).step()):  # builds on its first step
+        try:
+            make()
+        except ValueError as error:
+            errors.append(str(error))
+    report(out_dir, rank, errors=errors,
+           unchanged=all(torch.equal(x, y.to_local()) for x, y in zip(before, [a, b])))
+    dist.destroy_process_group()
+
+
+def test_dtensor_parameters_on_different_meshes_are_refused(tmp_path):
+    distributed_launch.run(meshes_worker, 2, str(tmp_path), timeout=BOUND)
+    for rank in range(2):
+        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
+            got = pickle.load(f)
+        assert len(got["errors"]) == 2 and got["unchanged"]
+        assert "'variable_0' on" in got["errors"][0] and "'variable_1' on" in got["errors"][0]
+        for message in got["errors"]:
+            assert "must be on the same device mesh" in message
+            assert "data=2" in message and "replica=1, shard=2" in message

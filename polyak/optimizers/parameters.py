@@ -8,6 +8,8 @@ can be trained through ``stateless_apply`` or by wrapping it in a Variable.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from polyak.backends import backend_for, kind_of
@@ -58,6 +60,10 @@ def check_parameters(parameters, paths=None) -> list:
             raise TypeError(f"Trainable variable {path!r} must have a floating dtype. Received: dtype={value.dtype}")
     for p, path in zip(parameters, paths):
         _check_leaf(p, path)
+    if "torch.distributed.tensor" in sys.modules:  # DTensors exist only once it was imported
+        from polyak.tiers import dtensors
+
+        dtensors.check_one_mesh(values, paths)
     return parameters
 
 

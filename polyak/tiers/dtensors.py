@@ -27,6 +27,20 @@ def dtensor_class():
     return DTensor
 
 
+def check_one_mesh(parameters, paths):
+    """Refuse DTensor ``parameters`` (named by ``paths``) that live on different device meshes:
+    the step's norms and writes assume one mesh for all of them."""
+    dtensor = dtensor_class()
+    sharded = [(p, path) for p, path in zip(parameters, paths) if dtensor is not None and isinstance(p, dtensor)]
+    for p, path in sharded[1:]:
+        first, first_path = sharded[0]
+        if p.device_mesh != first.device_mesh:
+            raise ValueError(
+                "Every DTensor parameter of one optimizer must be on the same device mesh. Received: "
+                f"{first_path!r} on {first.device_mesh} and {path!r} on {p.device_mesh}"
+            )
+
+
 def sums_of_squares(grads):
     """``[sum(g ** 2) for g in grads]`` over the full tensors, in float64, as a 1-d tensor on
     the gradients' device."""
