@@ -19,7 +19,7 @@ Everything in the step is elementwise except clipping and constraints, which are
 here. ``global_clipnorm`` scales by ``c * min(1/N, 1/c)`` with ``N^2 = sum_r ||g_slice_r||^2``
 (one all-reduce of a scalar) and ``clipnorm`` by ``c / max(||g_t||, c)`` with each tensor's
 squared norm summed over its pieces on all ranks (one all-reduce of a vector with an entry per
-tensor). Both enter the clipping stage through the step plan's ``squares`` (``_RankSquares``),
+tensor). Both enter the clipping stage through the step plan's ``squares`` (``rank_squares.RankSquares``),
 after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on whether any
 gradient anywhere is non-finite before stepping, so they skip together.
 
@@ -41,8 +41,6 @@ number of ranks.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.distributed as dist
 
@@ -50,6 +48,7 @@ import polyak
 from polyak.distributed import buckets, failures
 from polyak.distributed import layout as layout_mod
 from polyak.distributed import shard_files
+from polyak.distributed.rank_squares import RankSquares
 from polyak.optimizers.base import Optimizer
 from polyak.optimizers.state_roles import MASTER
 from polyak.optimizers.structure import NamedWeights
@@ -133,7 +132,7 @@ class ShardedOptimizer:
             view.overwrite_with_gradient = overwrite[pt.tensor]
 
         self.shard = type(self.optimizer).from_config(self.optimizer.get_config())
-        self.shard._norm_squares = _RankSquares([pt for pt in parts if not overwrite[pt.tensor]], len(params),
+        self.shard._norm_squares = RankSquares([pt for pt in parts if not overwrite[pt.tensor]], len(params),
                                                 process_group=self.process_group)
         self.shard.exclude_from_weight_decay(
             var_list=[v for v, pt in zip(self._views, parts) if not self.decays[pt.tensor]])
@@ -374,31 +373,3 @@ def _digest(names, params):
     """A digest of names, shapes and dtypes: ranks compare it to catch different parameter lists."""
     return layout_mod.FlatLayout.of([tuple(p.shape) for p in params], 1).checksum(
         [f"{n}:{p.dtype}" for n, p in zip(names, params)])
-
-
-class _RankSquares:
-    """Norms for clipping over the whole tensors: this rank's descending pieces' sums of squares
-    are added over the ranks (one all-reduce of a vector with an entry per tensor, or of a scalar),
-    in at least float32."""
-
-    def __init__(self, pieces, n_tensors, process_group):
-        self.pieces, self.n_tensors, self.process_group = pieces, n_tensors, process_group
-
-    @staticmethod
-    def _dtype(squares):
-        return functools.reduce(torch.promote_types, [s.dtype for s in squares], torch.float32)
-
-    def per_tensor(self, xp, squares):
-        totals = torch.zeros(self.n_tensors, dtype=self._dtype(squares))
-        for s, pc in zip(squares, self.pieces):
-            totals[pc.tensor] += s.reshape(())
-        with failures.peers("ShardedOptimizer.apply (all-reduce of the clipping norms)", self.process_group):
-            dist.all_reduce(totals, group=self.process_group)
-        return [totals[pc.tensor].to(s.dtype).reshape(s.shape) for s, pc in zip(squares, self.pieces)]
-
-    def total(self, xp, squares):
-        dtype = self._dtype(squares)
-        total = torch.stack([s.to(dtype) for s in squares]).sum().reshape(1)
-        with failures.peers("ShardedOptimizer.apply (all-reduce of the clipping norm)", self.process_group):
-            dist.all_reduce(total, group=self.process_group)
-        return total[0].to(functools.reduce(torch.promote_types, [s.dtype for s in squares]))
