@@ -148,3 +148,41 @@ def test_dtensor_parameters_on_different_meshes_are_refused(tmp_path):
         for message in got["errors"]:
             assert "must be on the same device mesh" in message
             assert "data=2" in message and "replica=1, shard=2" in message
+
+
+def dtensor_checkpoint_worker(rank, world_size, port, out_dir):
+    """One rank, one DTensor parameter: polyak.save and polyak.load refuse its sharded state."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    init(rank, world_size, port)
+    mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("data",))
+    w = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+    w.grad = torch.ones_like(w)
+    opt = polyak.SGD(0.1, momentum=0.9)
+    opt.apply([w.grad], [w])
+    momentum = opt.momentums[0].value.to_local().clone()
+    errors, path = [], os.path.join(out_dir, "state.ckpt")
+    try:
+        polyak.save(path, opt)
+    except ValueError as error:
+        errors.append(str(error))
+    plain = polyak.SGD(0.1, momentum=0.9)  # a file of whole arrays with the same keys, to load from
+    plain.apply([torch.ones(4, 2)], [torch.nn.Parameter(torch.ones(4, 2))])
+    polyak.save(path, plain)
+    try:
+        polyak.load(path, opt)
+    except ValueError as error:
+        errors.append(str(error))
+    report(out_dir, rank, errors=errors, unchanged=torch.equal(momentum, opt.momentums[0].value.to_local()))
+    dist.destroy_process_group()
+
+
+def test_a_single_file_checkpoint_refuses_sharded_state_and_changes_nothing(tmp_path):
+    distributed_launch.run(dtensor_checkpoint_worker, 1, str(tmp_path), timeout=BOUND)
+    with open(tmp_path / "rank0.pkl", "rb") as f:
+        got = pickle.load(f)
+    assert len(got["errors"]) == 2 and got["unchanged"]
+    for action, message in zip(("save", "load"), got["errors"]):
+        assert f"`polyak.{action}` reads and writes whole arrays" in message and "DTensor" in message
+        assert "torch.distributed.checkpoint" in message

@@ -77,6 +77,19 @@ def to_numpy(value):
     return np.array(backend_for([value]).to_numpy(value), copy=True, order="C")
 
 
+def check_whole(pairs, action):
+    """Refuse state sharded over ranks (a DTensor, FSDP2's): one file holds whole arrays only."""
+    for key, value in pairs:
+        value = parameters.value_of(value)
+        if type(value).__name__ == "DTensor" and type(value).__module__.startswith("torch.distributed"):
+            raise ValueError(
+                f"`polyak.{action}` reads and writes whole arrays, and {key!r} is a DTensor sharded over ranks "
+                f"(placements {tuple(value.placements)}). Checkpoint sharded state with "
+                "torch.distributed.checkpoint (`get_optimizer_state_dict` with `polyak.torch.SGD`), which saves "
+                "and loads it on any number of ranks."
+            )
+
+
 def assign(target, array):
     """Write a NumPy ``array`` into a Variable or a user's array, through its backend."""
     parameters.write(target, array)
@@ -146,6 +159,8 @@ def save(path, optimizer, variables=None):
         raise ValueError(f"The config of optimizer '{optimizer.name}' is not JSON-serializable: {error}") from None
     optimizer_keys = names.optimizer_keys(optimizer)
     weight_keys = names.weight_keys(variables) if variables is not None else []
+    check_whole(zip(optimizer_keys, optimizer.variables), "save")
+    check_whole(zip(weight_keys, variables or ()), "save")
     tensors = {key: to_numpy(v) for key, v in zip(optimizer_keys, optimizer.variables)}
     tensors.update({key: to_numpy(w) for key, w in zip(weight_keys, variables or ())})
     metadata = {
@@ -289,6 +304,7 @@ def load(path, optimizer=None, variables=None, strict=True):
         expected = dict(zip(names.optimizer_keys(target), target.variables))
         if weight_keys:
             expected.update(zip(names.weight_keys(variables), variables))
+    check_whole(expected.items(), "load")
     skipped = {k for k, _ in mismatch.mismatched}
     for key, destination in expected.items():
         if key in relevant and key not in skipped:
