@@ -33,6 +33,7 @@ import time
 import torch
 
 import polyak
+from polyak.bench import contenders
 from polyak.bench.workloads import WORKLOADS, bytes_moved
 
 DEVICE = torch.device("cuda")
@@ -146,30 +147,6 @@ def polyak_step(workload, tier):
     return step
 
 
-def torch_step(workload, **flags):
-    params, grads = _tensors(workload)
-    for p, g in zip(params, grads):
-        p.grad = g
-    o = workload.options
-    opt = torch.optim.SGD(params, lr=o["learning_rate"], momentum=o["momentum"], nesterov=o.get("nesterov", False),
-                          **flags)
-    if not o.get("use_ema"):
-        return opt.step
-    decayed = [p for p in params if p.ndim > 1]
-    shrink = 1.0 - o["learning_rate"] * o["weight_decay"]
-    averages = [p.detach().clone() for p in params]
-
-    def step():
-        torch.nn.utils.clip_grad_norm_(params, o["global_clipnorm"], foreach=True)
-        with torch.no_grad():
-            torch._foreach_mul_(decayed, shrink)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(averages, params, 1.0 - 0.99)
-
-    return step
-
-
 def copy_probe(bytes_per_copy=1 << 28):
     src = torch.empty(bytes_per_copy // 4, device=DEVICE)
     dst = torch.empty_like(src)
@@ -182,8 +159,8 @@ def timings(names, repeats, warmup):
     for key in names:
         workload = WORKLOADS[key]
         steps = {"polyak " + tier: polyak_step(workload, tier) for tier in ("triton", "foreach", "reference")}
-        steps["torch fused"] = torch_step(workload, fused=True)
-        steps["torch foreach"] = torch_step(workload, foreach=True)
+        steps["torch fused"] = contenders.torch_fused(workload, "cuda")
+        steps["torch foreach"] = contenders.torch_foreach(workload, "cuda")
         steps["copy probe"] = probe
         samples = {name: [] for name in steps}
         for name, step in steps.items():

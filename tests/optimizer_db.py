@@ -542,3 +542,21 @@ def run_on_tier(config, backend, dtype, tier, steps=7, shapes=SHAPES):
             opt.apply(grads, weights)
             history.append(state(opt, weights))
     return history, opt
+
+
+#: When clipping by norm on a fused tier (norms summed in another order): (rtol, atol) per dtype.
+NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
+
+
+def assert_same_numbers(want, got, tolerance=(0, 0), what=""):
+    """Two runs' per-step entries (``run_on_tier`` output) equal: bit for bit, or within
+    ``tolerance`` (rtol, atol); same dtypes and shapes either way."""
+    rtol, atol = tolerance
+    for step, (a, b) in enumerate(zip(want, got)):
+        assert len(a) == len(b)
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and x.shape == y.shape, f"{what} step {step}: entry {k}"
+            if rtol:
+                np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"{what} step {step}: entry {k}")
+            else:
+                np.testing.assert_array_equal(y, x, err_msg=f"{what} step {step}: entry {k}")

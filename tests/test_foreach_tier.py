@@ -17,7 +17,6 @@ import polyak
 torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
 CASES = ([(c, "float32") for c in db.KERNEL_GRID] + [(c, "float64") for c in db.KERNEL_GRID[::3]]
          + [(c, "float32") for c in db.configs("features") + db.GRID_PAIRWISE])
 
@@ -29,14 +28,7 @@ def test_the_foreach_tier_equals_the_reference(config, dtype, monkeypatch):
     assert db.tier_that_ran(opt) == ("foreach" if db.fused_takes(config, "torch", dtype) else "reference")
     monkeypatch.delenv("POLYAK_TIER")
     want, _ = db.run_on_tier(config, "torch", dtype, "reference")
-    rtol, atol = NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0)
-    for step, (a, b) in enumerate(zip(want, got)):
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert x.dtype == y.dtype and x.shape == y.shape
-            if rtol:
-                np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"step {step}: entry {k}")
-            else:
-                np.testing.assert_array_equal(y, x, err_msg=f"step {step}: entry {k}")
+    db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0))
 
 
 def test_clipping_by_value_keeps_nan_and_signed_zero(monkeypatch):

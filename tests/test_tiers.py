@@ -8,7 +8,6 @@ bit for bit, except a norm (clipping by norm), which it sums in another order: e
 within a few ulps there.
 """
 
-import numpy as np
 import pytest
 
 import optimizer_db as db
@@ -16,8 +15,6 @@ import optimizer_db as db
 pytestmark = pytest.mark.skipif(not __import__("polyak.tiers.cpu_fused").tiers.cpu_fused.available(),
                                 reason="numba is not installed")
 
-#: When clipping by norm on the fused tier: (rtol, atol) per dtype.
-NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
 
 
 def assert_tiers_agree(config, backend, dtype, steps=7, shapes=db.SHAPES):
@@ -28,15 +25,8 @@ def assert_tiers_agree(config, backend, dtype, steps=7, shapes=db.SHAPES):
         got, opt = db.run_on_tier(config, backend, dtype, tier, steps, shapes)
         assert db.tier_that_ran(opt) == expected_tier, f"{tier} asked; {expected_tier} expected to run"
         assert [v.name for v in opt.variables] == [v.name for v in reference.variables]
-        rtol, atol = NORM_TOLERANCE[dtype] if config.clips_by_norm and expected_tier != "reference" else (0, 0)
-        for step, (a, b) in enumerate(zip(want, got)):
-            assert len(a) == len(b)
-            for k, (x, y) in enumerate(zip(a, b)):
-                assert x.dtype == y.dtype and x.shape == y.shape, f"step {step}: entry {k}"
-                if rtol:
-                    np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"{tier} step {step}: entry {k}")
-                else:
-                    np.testing.assert_array_equal(y, x, err_msg=f"{tier} step {step}: entry {k}")
+        by_norm = config.clips_by_norm and expected_tier != "reference"
+        db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if by_norm else (0, 0), what=tier)
 
 
 CASES = db.parity_cases()

@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: a tensor longer than a block, so a tensor spans several programs and the last is partial
 SHAPES = [(3, 5), (triton_fused.BLOCK + 7,), (2, 1, 3)]
-NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
 
 CASES = ([(c, "float32") for c in db.KERNEL_GRID] + [(c, "float64") for c in db.KERNEL_GRID[1::4]]
          + [(c, "float32") for c in db.configs("features") + db.GRID_PAIRWISE[:4]])
@@ -54,14 +53,7 @@ def test_the_interpreted_kernel_equals_the_reference(config, dtype, interpreted,
     monkeypatch.delenv("POLYAK_TIER")
     want, reference = db.run_on_tier(config, "torch", dtype, "reference", shapes=SHAPES)
     assert db.tier_that_ran(reference) == "reference"
-    rtol, atol = NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0)
-    for step, (a, b) in enumerate(zip(want, got)):
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert x.dtype == y.dtype and x.shape == y.shape
-            if rtol:
-                np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=f"step {step}: entry {k}")
-            else:
-                np.testing.assert_array_equal(y, x, err_msg=f"step {step}: entry {k}")
+    db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0))
 
 
 def test_clipping_by_value_keeps_nan_and_signed_zero_as_the_reference(interpreted, monkeypatch):
