@@ -339,9 +339,8 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
 
     def _are_the_built_weights(self, variables):
         """Whether ``variables`` is the flat list the optimizer was built on (the common call)."""
-        built = self._trainable_variables
         return (self.built and self._structure.treedef is None and isinstance(variables, (list, tuple))
-                and len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
+                and params_mod.are_the_built(variables, self._trainable_variables))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """``apply`` as a pure function of values: traces under ``jax.jit``.

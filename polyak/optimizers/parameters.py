@@ -105,3 +105,8 @@ def check_known(parameters, known):
                 "originally built with. When working with a new set of variables, you should recreate a "
                 "new optimizer instance."
             )
+
+
+def are_the_built(variables, built) -> bool:
+    """Whether ``variables`` holds exactly the weights ``built``, in order (the same objects)."""
+    return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))

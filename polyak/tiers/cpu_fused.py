@@ -30,6 +30,7 @@ from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
 from polyak.tiers import background, cpu_codegen, reference
+from polyak.tiers.host_call import host_call
 
 CHUNK = 1 << 15  #: elements per parallel work item
 kernels = None  #: the numba kernels module, imported at the first fused step
@@ -209,16 +210,12 @@ def _load_numba(dtype, ndims):
         kernels.AddressReader.compile_for(dtype, ndims)
 
 
-def _all_weights(optimizer, variables):
-    built = optimizer._trainable_variables
-    return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
-
-
 def exact_gradients(optimizer, variables, grads):
     """The gradients' addresses when this tier is prepared for exactly these weights and every
     gradient is an array of exactly its weight's kind, dtype, shape and layout; else None."""
     state = optimizer._tier_cache
-    if not isinstance(state, FusedState) or not _all_weights(optimizer, variables) or not state.still_bound():
+    built = optimizer._trainable_variables
+    if not isinstance(state, FusedState) or not params_mod.are_the_built(variables, built) or not state.still_bound():
         return None
     return state.addresses(grads)
 
@@ -226,7 +223,7 @@ def exact_gradients(optimizer, variables, grads):
 def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
     """Whether this tier can run the (validated) step (then it is prepared for it);
     ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
-    if not _all_weights(optimizer, variables) or not stages.fusable(plan):
+    if not params_mod.are_the_built(variables, optimizer._trainable_variables) or not stages.fusable(plan):
         return False
     if not isinstance(optimizer._tier_cache, FusedState) and not _numba_ready(optimizer, plan):
         return False
@@ -242,18 +239,7 @@ class CpuFusedTier:
         While the kernel compiles in the background, the reference tier takes the step."""
         state = _prepared(optimizer, plan, bound=True)  # ``can_take`` prepared it in this ``apply``
         addresses = proof if proof is not None else state.addresses(grads)
-        backend = optimizer._backend
-        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
-        stored = optimizer.state_roles.learning_rate
-        scalar = state.dtype.type
-        call = stages.KernelCall(
-            iteration=iteration,
-            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
-            xp=np,
-            cast=lambda value: scalar(value),
-            cast_array=lambda values: np.asarray(values).astype(state.dtype),
-            sum_squares=lambda c: state.sum_squares(addresses, c),
-        )
+        call = host_call(optimizer, state.dtype, lambda c: state.sum_squares(addresses, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
         key = cpu_codegen.update_key(state.parallel, call)

@@ -7,8 +7,9 @@ multi-tensor operation per arithmetic operation (``a * b`` is ``torch._foreach_m
 with a scalar of the weights' dtype or a per-tensor list of them where the statement has one),
 then writes back, with one ``torch._foreach_copy_`` each, the weights and every state role the
 statements assigned (DTensors shard by shard, :mod:`polyak.tiers.dtensors`). The operations
-are the reference step's, in its order and dtype, so the numbers are the reference's. Weights and state stay the tensors they are (a tensor subclass
-such as DTensor runs its own foreach operations); nothing is packed.
+are the reference step's, in its order and dtype, so the numbers are the reference's. Weights
+and state stay the tensors they are (a tensor subclass such as DTensor runs its own foreach
+operations); nothing is packed.
 
 Nothing is read back from the device (on CUDA, no synchronisation): the decisions take the
 optimizer's host copy of the iteration count; a scalar known on the host (a hyperparameter, a
@@ -191,7 +192,7 @@ def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
     weights = [params_mod.value_of(v) for v in built]
     if backend.device.type == "cpu" and not forced and not (weights and all(_is_dtensor(w) for w in weights)):
         return False
-    if not (variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))):
+    if not params_mod.are_the_built(variables, built):
         return False
     if not stages.fusable(plan):
         return False

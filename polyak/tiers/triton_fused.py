@@ -26,6 +26,7 @@ from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
 from polyak.tiers import triton_codegen
+from polyak.tiers.host_call import host_call
 
 BLOCK = 1024  #: elements per program
 NUM_WARPS = 4
@@ -164,16 +165,12 @@ def _prepared(optimizer, plan, forced):
     return state
 
 
-def _all_weights(optimizer, variables):
-    built = optimizer._trainable_variables
-    return variables is built or (len(variables) == len(built) and all(a is b for a, b in zip(variables, built)))
-
-
 def exact_gradients(optimizer, variables, grads):
     """The gradients' addresses when this tier is prepared for exactly these weights and every
     gradient is a plain contiguous tensor of its weight's dtype, shape and device; else None."""
     state = optimizer._tier_cache
-    if not isinstance(state, TritonState) or not _all_weights(optimizer, variables) or not state.still_bound():
+    built = optimizer._trainable_variables
+    if not isinstance(state, TritonState) or not params_mod.are_the_built(variables, built) or not state.still_bound():
         return None
     return state.addresses(grads)
 
@@ -184,7 +181,7 @@ def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> boo
     interpreter; ``proof``: the gradients' addresses, when ``exact_gradients`` has read them."""
     if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced):
         return False
-    if not _all_weights(optimizer, variables) or not available():
+    if not params_mod.are_the_built(variables, optimizer._trainable_variables) or not available():
         return False
     if not stages.fusable(plan):
         return False
@@ -198,18 +195,7 @@ class TritonTier:
     def run(self, optimizer, plan, indices, grads, proof=None) -> str:
         state = optimizer._tier_cache
         grad_table = state.table(proof if proof is not None else state.addresses(grads))
-        backend = optimizer._backend
-        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
-        stored = optimizer.state_roles.learning_rate
-        scalar, dtype = state.numpy_dtype.type, state.numpy_dtype
-        call = stages.KernelCall(
-            iteration=iteration,
-            stored_learning_rate=None if stored is None else backend.to_numpy(stored.value),
-            xp=np,
-            cast=lambda value: scalar(value),
-            cast_array=lambda values: np.asarray(values).astype(dtype),
-            sum_squares=lambda c: state.sum_squares(grad_table, c),
-        )
+        call = host_call(optimizer, state.numpy_dtype, lambda c: state.sum_squares(grad_table, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
             state.run(grad_table, call)
