@@ -137,6 +137,7 @@ def features_worker(rank, world_size, port, out_dir):
             momentum=(type(masters[0]).__name__, tuple(masters[0].to_local().shape), tuple(masters[0].shape)))
         with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
             pickle.dump(results, f)
+        dist.barrier()  # no rank tears the group down while its peer still uses it
     finally:
         dist.destroy_process_group()
 
@@ -249,6 +250,7 @@ def dcp_worker(rank, world_size, port, out_dir):
         for kind in ("fsdp2", "ddp"):
             os.makedirs(f"{out_dir}/{kind}", exist_ok=True)
             save_train_restore_train(rank, world_size, f"{out_dir}/{kind}", kind)
+        dist.barrier()  # no rank tears the group down while its peer still uses it
     finally:
         dist.destroy_process_group()
 
