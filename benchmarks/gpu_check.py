@@ -15,8 +15,15 @@ done. Run from the repository root::
    ``torch.optim.SGD(fused=True)`` and ``foreach=True`` (for W3 the torch composite: clip,
    decay, fused SGD, EMA lerp), and the floor (the bytes a step must move over the copy
    bandwidth measured in the same run); median step time with CUDA events, interleaved.
+2b. No synchronisation: after two steps, each tier takes more steps under
+   ``torch.cuda.set_sync_debug_mode("error")`` (a blocking copy or a read of a device value
+   raises), for configurations that read the stored rate, clip by norm, accumulate and overwrite
+   with the average.
 3. ``polyak bench --device cuda`` (skip with ``--no-bench``): the benchmark's contenders on the
    GPU, JAX and optax included, against its stream probe there.
+
+``--dry-run`` runs the same code on the CPU (the Triton tier in Triton's interpreter, small
+workloads, no timings of Triton), to find a mistake in this script before a GPU is at hand.
 
 Prints a short table of each, last. Exits 1 if any parity line fails.
 """
@@ -37,6 +44,8 @@ from polyak.bench import contenders
 from polyak.bench.workloads import WORKLOADS, bytes_moved
 
 DEVICE = torch.device("cuda")
+#: what the Triton tier needs asked for (``--dry-run``: CPU tensors, in the interpreter)
+TRITON_ENV = {}
 SHAPES = [(3, 5), (1031,), (2, 1, 3), (257, 129)]
 NORM_RTOL = {torch.float32: 1e-6, torch.float64: 1e-13}
 CONFIGS = {
@@ -59,7 +68,9 @@ CONFIGS = {
 PAIRS = ([(name, torch.float32) for name in CONFIGS]
          + [(name, torch.float64) for name in ("momentum", "nesterov-decay-ema", "global-clipnorm", "accumulation")]
          + [(name, dtype) for name in ("momentum", "master-weights") for dtype in (torch.float16, torch.bfloat16)])
-TIERS = {"triton": {}, "foreach": {"POLYAK_TIER": "foreach"}}
+TIERS = {"triton": TRITON_ENV, "foreach": {"POLYAK_TIER": "foreach"}}
+#: configurations whose step reads a device value unless the tier keeps it there
+SYNC_CONFIGS = ("momentum", "global-clipnorm", "clipnorm-loss-scale", "all", "cosine-schedule")
 
 
 def run(options, dtype, tier, steps, seed):
@@ -118,6 +129,41 @@ def parity(steps, seed):
     return rows, failed
 
 
+def sync_free(steps=3):
+    """Per tier and configuration: "no sync", or the first line of what the debug mode raised."""
+    rows, failed = [], False
+    for name in SYNC_CONFIGS:
+        for tier in ("reference", *TIERS):
+            saved = os.environ.pop("POLYAK_TIER", None)
+            os.environ.update(TIERS.get(tier, {}))
+            try:
+                generator = torch.Generator(device="cpu").manual_seed(0)
+                weights = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE)) for s in SHAPES]
+                grads = [[torch.randn(s, generator=generator).to(DEVICE) for s in SHAPES] for _ in range(2 + steps)]
+                opt = polyak.SGD(**{"learning_rate": 0.05, **CONFIGS[name]})
+                opt.fused = tier != "reference"
+                for g in grads[:2]:
+                    opt.apply(g, weights)
+                torch.cuda.synchronize()
+                verdict = "no sync"
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    for g in grads[2:]:
+                        opt.apply(g, weights)
+                except RuntimeError as error:
+                    verdict = "SYNC " + str(error).splitlines()[0][:120]
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+                failed |= verdict != "no sync"
+                rows.append((name, "float32", tier, opt._last_tier, verdict))
+                print(f"sync {name:22} {tier:9} ran {opt._last_tier:10} {verdict}", flush=True)
+            finally:
+                os.environ.pop("POLYAK_TIER", None)
+                if saved is not None:
+                    os.environ["POLYAK_TIER"] = saved
+    return rows, failed
+
+
 # --- timings --------------------------------------------------------------------------------------
 def _tensors(workload, seed=0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -153,31 +199,40 @@ def copy_probe(bytes_per_copy=1 << 28):
     return lambda: dst.copy_(src), 2 * bytes_per_copy
 
 
-def timings(names, repeats, warmup):
+def _timed(step):
+    """Seconds one call of ``step`` takes to finish on the device: CUDA events, or the wall
+    clock when that is longer (host-bound steps) or there are no events (``--dry-run``)."""
+    if DEVICE.type != "cuda":
+        wall = time.perf_counter()
+        step()
+        return time.perf_counter() - wall
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    wall = time.perf_counter()
+    start.record()
+    step()
+    end.record()
+    torch.cuda.synchronize()
+    return max(start.elapsed_time(end) / 1e3, time.perf_counter() - wall)
+
+
+def timings(names, repeats, warmup, tiers=("triton", "foreach", "reference")):
     probe, probe_bytes = copy_probe()
     rows = []
     for key in names:
         workload = WORKLOADS[key]
-        steps = {"polyak " + tier: polyak_step(workload, tier) for tier in ("triton", "foreach", "reference")}
-        steps["torch fused"] = contenders.torch_fused(workload, "cuda")
-        steps["torch foreach"] = contenders.torch_foreach(workload, "cuda")
+        steps = {"polyak " + tier: polyak_step(workload, tier) for tier in tiers}
+        steps["torch fused"] = contenders.torch_fused(workload, DEVICE.type)
+        steps["torch foreach"] = contenders.torch_foreach(workload, DEVICE.type)
         steps["copy probe"] = probe
         samples = {name: [] for name in steps}
         for name, step in steps.items():
             for _ in range(warmup):
                 step()
-        torch.cuda.synchronize()
         for r in range(repeats):
             order = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]
             for name in order:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                wall = time.perf_counter()
-                start.record()
-                steps[name]()
-                end.record()
-                torch.cuda.synchronize()
-                samples[name].append(max(start.elapsed_time(end) / 1e3, time.perf_counter() - wall))
+                samples[name].append(_timed(steps[name]))
         median = {name: statistics.median(s) for name, s in samples.items()}
         floor = bytes_moved(workload) / (probe_bytes / median.pop("copy probe"))
         for name, seconds in median.items():
@@ -197,31 +252,47 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
     parser.add_argument("--no-bench", action="store_true", help="skip `polyak bench --device cuda`")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="on the CPU, the Triton tier interpreted, no timings of it: checks this script")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    global DEVICE
+    if args.dry_run:
+        DEVICE = torch.device("cpu")
+        TRITON_ENV["POLYAK_TIER"] = "triton"
+        os.environ["TRITON_INTERPRET"] = "1"  # read when Triton is first imported, by the first step
+    elif not torch.cuda.is_available():
         print("No CUDA device: nothing to check.")
         return 2
     seed = args.seed if args.seed is not None else int(time.time() * 1e3) % (1 << 31)
-    device = torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (dry run)"
     print(f"device {device}, torch {torch.__version__}, polyak {polyak.__file__}, seed {seed}", flush=True)
     began = time.perf_counter()
     parity_rows, failed = parity(args.steps, seed)
-    timing_rows = timings(args.workloads, args.repeats, args.warmup) if args.workloads else []
+    sync_rows, sync_failed = sync_free() if DEVICE.type == "cuda" else ([], False)
+    failed |= sync_failed
+    tiers = ("triton", "foreach", "reference") if DEVICE.type == "cuda" else ("foreach", "reference")
+    timing_rows = timings(args.workloads, args.repeats, args.warmup, tiers) if args.workloads else []
     bench = None
     if not args.no_bench and args.workloads:
         from polyak.bench import harness
 
-        bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device="cuda")
+        bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device=DEVICE.type)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "torch": torch.__version__, "seed": seed,
                        "parity": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in parity_rows],
+                       "sync": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in sync_rows],
                        "timings": [dict(zip(("workload", "contender", "ms", "vs_torch_fused", "vs_floor"), r))
                                    for r in timing_rows], "bench": bench}, f, indent=1)
     print(f"\n## Parity on {device} (seed {seed})\n")
     print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
     for row in parity_rows:
         print("| " + " | ".join(row) + " |")
+    if sync_rows:
+        print(f"\n## Synchronisations in a step on {device}\n")
+        print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
+        for row in sync_rows:
+            print("| " + " | ".join(row) + " |")
     if timing_rows:
         print(f"\n## Step time on {device}\n")
         print("| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
@@ -230,7 +301,7 @@ def main(argv=None):
     if bench:
         from polyak.bench import harness
 
-        print(f"\n## polyak bench --device cuda on {device}")
+        print(f"\n## polyak bench --device {DEVICE.type} on {device}")
         for result in bench["workloads"]:
             print(harness.format_table(result))
     print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")

@@ -136,3 +136,27 @@ def test_calls_the_kernel_cannot_take_fall_back_and_agree(case, interpreted, mon
     _, want = run()
     for x, y in zip(want, got):
         np.testing.assert_array_equal(y, x)
+
+
+def test_a_rate_set_between_steps_and_gradients_reused_in_place_reach_the_kernel(interpreted, monkeypatch):
+    """The stored rate stays on the device and the gradients' address table is kept while no
+    address moves: a new rate, and new values in the same gradient tensors, still take effect."""
+    def run():
+        generator = torch.Generator().manual_seed(5)
+        w = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(3, 4), (7,)]]
+        grads = [torch.zeros(3, 4), torch.zeros(7)]
+        opt = polyak.SGD(learning_rate=0.1, momentum=0.9, global_clipnorm=1.0)
+        tiers = []
+        for step in range(4):
+            for g in grads:
+                g.copy_(torch.randn(g.shape, generator=generator))
+            opt.learning_rate = 0.1 / (step + 1)
+            opt.apply(grads, w)
+            tiers.append(db.tier_that_ran(opt))
+        return tiers, [x.detach().numpy() for x in w] + [db.to_numpy(v) for v in opt.variables]
+
+    tiers, got = run()
+    assert tiers == ["triton"] * 4
+    monkeypatch.delenv("POLYAK_TIER")
+    _, want = run()
+    db.assert_same_numbers([want], [got], db.NORM_TOLERANCE["float32"])

@@ -30,7 +30,7 @@ from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
 from polyak.tiers import background, cpu_codegen, reference
-from polyak.tiers.host_call import host_call
+from polyak.tiers.calls import host_call
 
 CHUNK = 1 << 15  #: elements per parallel work item
 kernels = None  #: the numba kernels module, imported at the first fused step

@@ -36,6 +36,7 @@ import numpy as np
 from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
+from polyak.tiers import calls
 
 _ZERO = "zero"  #: the value of a statement that sets a role to the constant 0
 
@@ -201,19 +202,6 @@ def can_take(optimizer, plan, variables, grads, forced=False) -> bool:
         g is not None and _dtype([g]) is dtype and g.shape == w.shape for g, w in zip(grads, weights))
 
 
-class _Cast:
-    """To the weights' dtype: a number on the host (a NumPy scalar), a tensor on its device."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self.numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
-
-    def __call__(self, value):
-        if isinstance(value, _torch().Tensor):
-            return value.to(self.dtype)
-        return np.asarray(value).astype(self.numpy_dtype)[()]
-
-
 class ForeachTier:
     name = "foreach"
 
@@ -224,17 +212,7 @@ class ForeachTier:
                  if role != MASTER}
         decaying = [i for i, d in enumerate(plan.decay_mask) if d] if plan.weight_decay is not None else []
         step = ForeachStep(weights, list(grads), roles, decaying)
-        iteration = np.int64(optimizer._iterations.host)  # the host copy: no device read
-        stored = optimizer.state_roles.learning_rate
-        cast = _Cast(weights[0].dtype)
-        call = stages.KernelCall(
-            iteration=iteration,
-            stored_learning_rate=None if stored is None else stored.value,  # stays on the device
-            xp=backend.xp,
-            cast=cast,
-            cast_array=cast,
-            sum_squares=step.sum_squares,
-        )
+        call = calls.device_call(optimizer, weights[0].dtype, step.sum_squares)
         with np.errstate(all="ignore"), backend.step_context():
             stages.kernel_call(plan, call)
             step.run(call)

@@ -5,7 +5,10 @@ flat buffer per role (here a tensor on the weights' device; each ``Variable`` ke
 into it), weights and gradients are reached through tables of their addresses, and the
 kernel is written from the stages' statements for each call (``triton_codegen``) with the
 scalars the same stages decide. A step is one launch over chunks of ``BLOCK`` elements of
-every tensor, and one more (a per-chunk sum of squares) when clipping by norm.
+every tensor, and one more (a per-chunk sum of squares) when clipping by norm. Nothing is
+read back from the device: the call is filled as the foreach tier's (``calls.device_call``),
+the stored rate and the norms stay tensors there, and the tables and the scalars known on the
+host go over in asynchronous copies from pinned memory.
 
 Takes a step when: Triton imports; every weight is a plain, contiguous float32 or float64
 tensor (no subclass such as DTensor) of one dtype on one CUDA device; every stage can be
@@ -26,7 +29,7 @@ from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
 from polyak.tiers import triton_codegen
-from polyak.tiers.host_call import host_call
+from polyak.tiers import calls
 
 BLOCK = 1024  #: elements per program
 NUM_WARPS = 4
@@ -88,10 +91,26 @@ class TritonState:
         self.grid = (len(chunks),)
         self._no_denominators = torch.ones(len(self.weights), dtype=self.dtype, device=self.device)
         self._chunk_sums = torch.zeros(len(chunks), dtype=torch.float64, device=self.device)
+        self._grad_addresses, self._grad_table = None, None
 
     def table(self, values):
         """An int64 table on the device."""
-        return _torch().from_numpy(np.asarray(values, np.int64)).to(self.device)
+        return self.to_device(np.asarray(values, np.int64))
+
+    def to_device(self, array):
+        """A NumPy array copied to the weights' device without waiting for it: through pinned
+        memory, asynchronously, on CUDA (a copy from pageable memory synchronises)."""
+        tensor = _torch().from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def grad_table(self, addresses):
+        """The gradients' address table on the device, made again only when an address moved."""
+        addresses = tuple(addresses)
+        if addresses != self._grad_addresses:
+            self._grad_table, self._grad_addresses = self.table(addresses), addresses
+        return self._grad_table
 
     def _pack(self, variables, sizes, offsets):
         torch = _torch()
@@ -113,8 +132,17 @@ class TritonState:
         return [g.data_ptr() for g in grads]
 
     def _scalars(self, call):
-        values = np.array([*call.scalars.values()] or [0], self.numpy_dtype)
-        return _torch().from_numpy(values).to(self.device)
+        """The call's scalars as one array on the device: those known on the host copied in one
+        asynchronous transfer, those already on the device (the stored rate, a clipping factor)
+        copied into their places there."""
+        torch = _torch()
+        values = list(call.scalars.values()) or [0]
+        on_device = [(k, v) for k, v in enumerate(values) if isinstance(v, torch.Tensor)]
+        host = np.array([0 if isinstance(v, torch.Tensor) else v for v in values], self.numpy_dtype)
+        scalars = self.to_device(host)
+        for k, value in on_device:
+            scalars[k].copy_(value)
+        return scalars
 
     def _device(self):
         torch = _torch()
@@ -122,7 +150,8 @@ class TritonState:
 
     def sum_squares(self, grad_table, call):
         """Per tensor, the float64 sum of squares of the gradient after ``call``'s gradient
-        statements (summed per chunk, then per tensor: in another order than the reference)."""
+        statements (summed per chunk, then per tensor: in another order than the reference),
+        a tensor on the device."""
         torch = _torch()
         kernel = triton_codegen.load_sum_squares(call, interpreted())
         with self._device():
@@ -130,14 +159,12 @@ class TritonState:
                               self._chunk_sums, self._scalars(call), *(self.buffers[r] for r in call.roles),
                               BLOCK=BLOCK, **COMPILE_OPTIONS)
         totals = torch.zeros(len(self.weights), dtype=torch.float64, device=self.device)
-        return totals.index_add_(0, self.chunk_tensor, self._chunk_sums).cpu().numpy()
+        return totals.index_add_(0, self.chunk_tensor, self._chunk_sums)
 
     def run(self, grad_table, call):
         """One fused step; every scalar is a scalar of the weights' dtype."""
-        torch = _torch()
         kernel = triton_codegen.load_update(call, interpreted())
-        denominators = self._no_denominators if call.denominators is None else \
-            torch.from_numpy(np.asarray(call.denominators, self.numpy_dtype)).to(self.device)
+        denominators = self._no_denominators if call.denominators is None else call.denominators
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, self.weight_table, grad_table, self.sizes,
                               self.offsets, self.decay, denominators, self._scalars(call),
@@ -194,8 +221,8 @@ class TritonTier:
 
     def run(self, optimizer, plan, indices, grads, proof=None) -> str:
         state = optimizer._tier_cache
-        grad_table = state.table(proof if proof is not None else state.addresses(grads))
-        call = host_call(optimizer, state.numpy_dtype, lambda c: state.sum_squares(grad_table, c))
+        grad_table = state.grad_table(proof if proof is not None else state.addresses(grads))
+        call = calls.device_call(optimizer, state.dtype, lambda c: state.sum_squares(grad_table, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
             state.run(grad_table, call)
