@@ -76,6 +76,7 @@ class TritonState:
         self.weights = list(weights)
         self._held = [(v, w) for v, w in zip(variables, self.weights) if v is not w]
         self.dtype, self.device = self.weights[0].dtype, self.weights[0].device
+        self.device_index = self.weights[0].get_device()  #: -1 on the CPU (the interpreter)
         self.numpy_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         self.shapes = [tuple(w.shape) for w in self.weights]
         sizes = [w.numel() for w in self.weights]
@@ -125,11 +126,18 @@ class TritonState:
 
     def addresses(self, grads):
         """The gradients' addresses, or None unless each is a plain contiguous tensor of its
-        weight's dtype, shape and device."""
-        if len(grads) != len(self.shapes) or not all(
-                _plain(g, self.dtype, self.device) and tuple(g.shape) == shape for g, shape in zip(grads, self.shapes)):
+        weight's dtype, shape and device (one pass: this is most of a step's host time)."""
+        if len(grads) != len(self.shapes):
             return None
-        return [g.data_ptr() for g in grads]
+        torch = _torch()
+        plain, dtype, index, strided = (torch.Tensor, torch.nn.Parameter), self.dtype, self.device_index, torch.strided
+        found = []
+        for g, shape in zip(grads, self.shapes):
+            if not (type(g) in plain and g.dtype is dtype and g.shape == shape and g.layout is strided
+                    and g.is_contiguous() and g.get_device() == index):
+                return None
+            found.append(g.data_ptr())
+        return found
 
     def _scalars(self, call):
         """The call's scalars as one array on the device: those known on the host copied in one
