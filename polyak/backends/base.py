@@ -2,7 +2,8 @@
 
 The optimizer's step (``polyak.core``) is written once against this interface.
 A backend says how to make and cast arrays, how to branch on a scalar predicate
-(eagerly for NumPy and PyTorch, ``lax.cond`` under a JAX trace), how to count
+(on the host when it is there; on a device, or under a JAX trace, by a device-side
+select of both branches' values or by ``lax.cond``), how to count
 steps without overflowing, and how to write a new value into the storage a
 user handed us.
 """
@@ -73,7 +74,10 @@ class Backend:
         return self.kind(dtype) == "f"
 
     def cond(self, pred, true_fn: Callable[[], Any], false_fn: Callable[[], Any]):
-        """Run one branch on a scalar boolean; both branches return the same structure."""
+        """``true_fn()`` where the scalar boolean ``pred`` holds, else ``false_fn()``; both
+        return the same structure (lists, tuples, NamedTuples of arrays and Nones). A backend
+        may run both and select each array: the branches must be pure functions whose
+        unpicked values (an inf or NaN included) are dropped, never raised on."""
         raise NotImplementedError
 
     def add(self, a, b):
