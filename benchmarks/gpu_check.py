@@ -21,6 +21,9 @@ done. Run from the repository root::
    with the average.
 3. ``polyak bench --device cuda`` (skip with ``--no-bench``): the benchmark's contenders on the
    GPU, JAX and optax included, against its stream probe there.
+4. ``benchmarks/jax_branches.py`` in a process of its own (skip with ``--no-jax``): a jitted
+   JAX step with accumulation and EMA overwrite, its branches as ``lax.cond`` and as a device
+   select (``POLYAK_JAX_BRANCHES``), and which is faster on this GPU.
 
 ``--dry-run`` runs the same code on the CPU (the Triton tier in Triton's interpreter, small
 workloads, no timings of Triton), to find a mistake in this script before a GPU is at hand.
@@ -34,8 +37,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -164,6 +169,31 @@ def sync_free(steps=3):
     return rows, failed
 
 
+def jax_branches(dry_run, json_path=None):
+    """``benchmarks/jax_branches.py`` in its own process (JAX then has the GPU to itself); its
+    output lines, or why there are none."""
+    script = Path(__file__).resolve().parent / "jax_branches.py"
+    command = [sys.executable, str(script), "--cycles", "2" if dry_run else "10"]
+    if dry_run:
+        command += ["--workloads", "W1", "--warmup", "0"]
+    if json_path:
+        command += ["--json", json_path]
+    env = {k: v for k, v in os.environ.items() if k != "POLYAK_JAX_BRANCHES"}
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if dry_run:
+        env["JAX_PLATFORMS"] = "cpu"
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return ["jax_branches.py: timed out after 240 s"]
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0:
+        lines.append(f"jax_branches.py exited {done.returncode}: " + done.stderr.strip()[-600:])
+    for line in lines:
+        print("jax " + line, flush=True)
+    return lines
+
+
 # --- timings --------------------------------------------------------------------------------------
 def _tensors(workload, seed=0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -251,6 +281,7 @@ def main(argv=None):
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
     parser.add_argument("--no-bench", action="store_true", help="skip `polyak bench --device cuda`")
+    parser.add_argument("--no-jax", action="store_true", help="skip benchmarks/jax_branches.py")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--dry-run", action="store_true",
                         help="on the CPU, the Triton tier interpreted, no timings of it: checks this script")
@@ -277,6 +308,10 @@ def main(argv=None):
         from polyak.bench import harness
 
         bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device=DEVICE.type)
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    branch_lines = [] if args.no_jax else jax_branches(
+        args.dry_run, args.json and args.json.removesuffix(".json") + "-jax-branches.json")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "torch": torch.__version__, "seed": seed,
@@ -304,6 +339,9 @@ def main(argv=None):
         print(f"\n## polyak bench --device {DEVICE.type} on {device}")
         for result in bench["workloads"]:
             print(harness.format_table(result))
+    if branch_lines:
+        print(f"\n## JAX branches on {device}\n")
+        print("\n".join(branch_lines))
     print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")
     return 1 if failed else 0
 

@@ -128,7 +128,11 @@ def torch_fused(workload, device="cpu"):
 
 
 def _jax(device):
-    """JAX, and its device for ``device`` ("cuda": its first GPU)."""
+    """JAX, and its device for ``device`` ("cuda": its first GPU). On a GPU that PyTorch shares
+    in the same process, JAX allocates as it goes instead of taking most of the memory at its
+    first use (read when JAX starts its GPU client, so set before any JAX array is made)."""
+    if device == "cuda":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import jax
     except ImportError:
