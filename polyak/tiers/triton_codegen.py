@@ -125,9 +125,10 @@ def _local(role):
 class _Typed:
     """Writes stage statements in Triton, each operation in the reference's dtype (see the module)."""
 
-    def __init__(self, roles, types):
+    def __init__(self, roles, types, scalars):
         self.roles, self.types = tuple(roles), types
-        #: the blocks' dtypes so far; any other name is a scalar
+        self.scalars = set(scalars) | {"denominator"}
+        #: the blocks' dtypes so far
         self.blocks = {"x": types.weight, "wv": types.compute, **{_local(r): types.compute for r in roles}}
 
     def body(self, statements):
@@ -166,7 +167,9 @@ class _Typed:
         if isinstance(node, ast.Name):
             if node.id in self.blocks:
                 return _Value(node.id, self.blocks[node.id], False)
-            return _Value(node.id, self.types.scalar, True)  # a scalar of the call, or ``denominator``
+            if node.id in self.scalars:
+                return _Value(node.id, self.types.scalar, True)
+            raise ValueError(f"A stage statement reads `{node.id}`, which is neither assigned before nor a scalar")
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             operand = self._expression(node.operand)  # a negation is exact in any dtype
             return operand._replace(code=f"-{_operand(operand)}", atomic=False)
@@ -196,10 +199,10 @@ class _Typed:
         return _as(result, dtype)
 
 
-def statement(text, roles, decayed=False, types=Types()):
-    """One stage statement in the Triton dialect, alone: ``{role}`` the block of that role, a
-    constant as a block, ``decayed`` ones only where ``decays``."""
-    return _Typed(roles, types).statement(text, decayed)
+def statement(text, roles, scalars=(), decayed=False, types=Types()):
+    """One stage statement in the Triton dialect, alone: ``{role}`` the block of that role,
+    ``scalars`` the call's scalars, a constant as a block, ``decayed`` ones only where ``decays``."""
+    return _Typed(roles, types, scalars).statement(text, decayed)
 
 
 def _assigned(lines):
@@ -234,7 +237,7 @@ def update_source(body, roles, scalars, decays, types=Types()):
     """The update kernel: per block, the stages' statements (``decayed`` ones only where the
     tensor's decay flag is set), then the weight (and its master) and each assigned role stored."""
     texts = [s for _, s in body]
-    lines = _Typed(roles, types).body(body)
+    lines = _Typed(roles, types, scalars).body(body)
     assigned = _assigned(lines)
     stores = []
     if types.masters:
@@ -253,7 +256,7 @@ def update_source(body, roles, scalars, decays, types=Types()):
 
 def sum_squares_source(prefix, roles, scalars, types=Types()):
     """Per chunk, the float64 sum of squares of the gradient after the ``prefix`` statements."""
-    lines = _Typed(roles, types).body([("gradient", s) for s in prefix])
+    lines = _Typed(roles, types, scalars).body([("gradient", s) for s in prefix])
     return _HEADER + _SUM_SQUARES.format(
         states=_states(roles), program=_PROGRAM.format(weight=_TL[types.weight]),
         loads=_loads(_reads(prefix, roles), scalars, False, False), body="".join(f"    {line}\n" for line in lines))
