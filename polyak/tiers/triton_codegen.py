@@ -13,7 +13,8 @@ float32); a scalar takes the dtype of the block it meets (torch's 0-d tensors do
 promote), rounded to it first (``lr.to(tl.float16)``). The operation itself is computed
 in float32 (float64 for float64) and rounded once to its dtype: ``(a.to(f32) * b.to(f32))
 .to(f16)`` is the correctly rounded 16-bit product, as torch computes it (float32 holds
-more than twice a 16-bit significand, so the double rounding is innocuous for + - * /).
+more than twice a 16-bit significand, so the double rounding is innocuous for + - * /;
+for sm_90 LLVM narrows such a product to the native ``mul.rn.f16``, which rounds the same).
 After the gradient statements the gradient is cast to the weights' compute dtype, as the
 update rule does (``bk.cast(g, w.dtype)``). The kernels are compiled without FP
 contraction (``enable_fp_fusion=False``) and a float32 division is ``tl.div_rn`` (Triton's
