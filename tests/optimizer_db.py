@@ -54,13 +54,22 @@ def tier_that_ran(opt):
     return opt._last_tier
 
 
-def fused_takes(config, backend, dtype):
+def fused_takes(config, backend, dtype, tier="cpu_fused"):
     """Whether the fused tier takes ``config`` on float arrays of ``backend`` and ``dtype``
     when every gradient is present (see ``polyak/tiers/cpu_fused.py``): contiguous
     float32/float64 NumPy arrays or CPU torch tensors, no ``skip_nonfinite``. (No constraint
-    or ``overwrite_with_gradient`` either: no configuration here sets one.)"""
+    or ``overwrite_with_gradient`` either: no configuration here sets one.)
+
+    ``tier="triton"`` (``polyak/tiers/triton_fused.py``): torch tensors of those dtypes, and
+    float16/bfloat16 unless a 16-bit gradient is clipped by norm (without master weights, or
+    with them but without accumulation, whose mean is float32)."""
+    options = config.options
+    if tier == "triton" and dtype in ("float16", "bfloat16"):
+        clips_16_bits = not (options.get("master_weights") and options.get("gradient_accumulation_steps"))
+        return backend == "torch" and not options.get("skip_nonfinite") and not (
+            clips_16_bits and config.clips_by_norm)
     return (backend in ("numpy", "torch") and dtype in ("float32", "float64")
-            and not config.options.get("skip_nonfinite"))
+            and not options.get("skip_nonfinite"))
 
 
 # --- configurations ----------------------------------------------------------------------------

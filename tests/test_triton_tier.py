@@ -3,9 +3,13 @@
 * Under ``TRITON_INTERPRET=1`` with ``POLYAK_TIER=triton`` the tier takes CPU tensors, so the
   generated kernel runs (in NumPy, per program) on small odd-shaped tensors, one of them
   longer than a block; it must equal the reference tier on every state entry after every
-  step, bit for bit, except a norm (clipping by norm), summed in another order.
+  step, bit for bit, except a norm (clipping by norm), summed in another order. float16
+  weights with and without master weights too; not bfloat16, which the interpreter cannot
+  compute (it holds it as uint16 and truncates float32 to it): the tier declines it there,
+  and its kernels are checked through their PTX (and on a GPU by ``benchmarks/gpu_check.py``).
 * Compiled for an H100 (sm_90) without a device (Triton bundles ptxas), the kernels must
-  hold no fused multiply-add, no approximate division and no other approximate instruction.
+  hold no fused multiply-add, no approximate division, no other approximate instruction and
+  no flushing of subnormals; a 16-bit kernel rounds to its dtype with ``cvt.rn``.
 """
 
 import json
@@ -28,15 +32,27 @@ import polyak  # noqa: E402
 triton = pytest.importorskip("triton")
 torch = pytest.importorskip("torch")
 
-from polyak.tiers import triton_codegen, triton_fused  # noqa: E402
+from polyak.tiers import calls, triton_codegen, triton_fused  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: a tensor longer than a block, so a tensor spans several programs and the last is partial
 SHAPES = [(3, 5), (triton_fused.BLOCK + 7,), (2, 1, 3)]
 
+#: 16-bit weights: Keras's 16-bit configurations, master weights (and, with norm clipping, the
+#: cases the tier declines: a 16-bit gradient clipped by norm)
+HALF = (db.configs("16-bit") + [db.config("features:master-weights"), db.config("features:master-weights-accumulation"),
+                                db.KERNEL_GRID[5]]
+        + [db.KERNEL_GRID[i].with_options(master_weights=True) for i in (23, 28, 31)])
 CASES = ([(c, "float32") for c in db.KERNEL_GRID] + [(c, "float64") for c in db.KERNEL_GRID[1::4]]
-         + [(c, "float32") for c in db.configs("features") + db.GRID_PAIRWISE[:4]])
+         + [(c, "float32") for c in db.configs("features") + db.GRID_PAIRWISE[:4]] + [(c, "float16") for c in HALF])
+#: clipping by norm: float32 norms summed in another order; a 16-bit weight rounded from its
+#: float32 master may then land one unit in the last place away
+TOLERANCE = {**db.NORM_TOLERANCE, "float16": (1e-3, 1e-6)}
+
+
+def _id(config, dtype):
+    return f"{config.id}-{dtype}" + ("-master" if config.options.get("master_weights") else "")
 
 
 @pytest.fixture
@@ -46,14 +62,35 @@ def interpreted(monkeypatch):
     monkeypatch.setenv("POLYAK_TIER", "triton")
 
 
-@pytest.mark.parametrize("config,dtype", CASES, ids=[f"{c.id}-{d}" for c, d in CASES])
+@pytest.mark.parametrize("config,dtype", CASES, ids=[_id(c, d) for c, d in CASES])
 def test_the_interpreted_kernel_equals_the_reference(config, dtype, interpreted, monkeypatch):
     got, opt = db.run_on_tier(config, "torch", dtype, "cpu_fused", shapes=SHAPES)
-    assert db.tier_that_ran(opt) == ("triton" if db.fused_takes(config, "torch", dtype) else "reference")
+    assert db.tier_that_ran(opt) == ("triton" if db.fused_takes(config, "torch", dtype, "triton") else "reference")
     monkeypatch.delenv("POLYAK_TIER")
     want, reference = db.run_on_tier(config, "torch", dtype, "reference", shapes=SHAPES)
     assert db.tier_that_ran(reference) == "reference"
-    db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if config.clips_by_norm else (0, 0))
+    db.assert_same_numbers(want, got, TOLERANCE[dtype] if config.clips_by_norm else (0, 0))
+
+
+def test_bfloat16_is_declined_in_the_interpreter_and_agrees(interpreted, monkeypatch):
+    config = db.config("features:master-weights")
+    got, opt = db.run_on_tier(config, "torch", "bfloat16", "cpu_fused", steps=2, shapes=SHAPES)
+    assert db.fused_takes(config, "torch", "bfloat16", "triton") and db.tier_that_ran(opt) == "reference"
+    monkeypatch.delenv("POLYAK_TIER")
+    want, _ = db.run_on_tier(config, "torch", "bfloat16", "reference", steps=2, shapes=SHAPES)
+    db.assert_same_numbers(want, got)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_scalars_are_rounded_as_torch_full_rounds_them(dtype):
+    """Through float32 (a double rounding): ``1 + 2**-11 + 2**-40`` is 1 in float16, not 1 + 2**-10."""
+    cast = calls.DeviceCast(getattr(torch, dtype))
+    for value in (1 + 2.0 ** -11 + 2.0 ** -40, 1 + 2.0 ** -8 + 2.0 ** -40, 0.1, 0.99, -3.3e-5, 1e-30, 7e4):
+        got = cast(value)
+        assert got.dtype == np.float32
+        assert got == torch.full((), value, dtype=getattr(torch, dtype)).float().item(), value
+    assert cast(1 - cast(0.99)) == torch.full((), 1, dtype=getattr(torch, dtype)) - torch.full(
+        (), 0.99, dtype=getattr(torch, dtype))
 
 
 def test_clipping_by_value_keeps_nan_and_signed_zero_as_the_reference(interpreted, monkeypatch):
@@ -83,21 +120,37 @@ def test_without_the_variable_cpu_tensors_do_not_take_the_triton_tier(monkeypatc
 
 
 def test_the_dialect():
-    assert triton_codegen.statement("x = x / loss_scale", []) == "x = div(x, loss_scale)"
-    assert triton_codegen.statement("x = clip(x, -clip_value, clip_value)", []) == \
+    statement = triton_codegen.statement
+    assert statement("x = x / loss_scale", [], ["loss_scale"]) == "x = tl.div_rn(x, loss_scale)"
+    assert statement("x = x / loss_scale", [], ["loss_scale"], types=triton_codegen.Types("float64")) == \
+        "x = x / loss_scale"
+    assert statement("x = clip(x, -clip_value, clip_value)", [], ["clip_value"]) == \
         "x = clip(x, -clip_value, clip_value)"
-    assert triton_codegen.statement("{momentum} = v", ["momentum"]) == "momentum_ = v"
-    assert triton_codegen.statement("wv = wv - wv * weight_decay * lr", [], decayed=True) == \
-        "wv = tl.where(decays, wv - wv * weight_decay * lr, wv)"
-    assert triton_codegen.statement("{gradient_accumulator} = 0", ["gradient_accumulator"]) == \
-        "gradient_accumulator_ = tl.full([BLOCK], 0, x.dtype)"
-    for bad in ("if x < 0:\n    x = 0", "x = x ** 2", "x = abs(x)", "x, y = y, x"):
+    assert statement("{momentum} = x", ["momentum"]) == "momentum_ = x"
+    assert statement("wv = wv - wv * weight_decay * lr", [], ["weight_decay", "lr"], decayed=True) == \
+        "wv = tl.where(decays, wv - ((wv * weight_decay) * lr), wv)"
+    assert statement("{gradient_accumulator} = 0", ["gradient_accumulator"]) == \
+        "gradient_accumulator_ = tl.full([BLOCK], 0, tl.float32)"
+    # 16 bits: computed in float32 and rounded once, the scalar rounded to the block's dtype first
+    half, master = triton_codegen.Types("float16"), triton_codegen.Types("bfloat16", masters=True)
+    assert statement("wv = wv - x * lr", [], ["lr"], types=half) == \
+        "wv = (wv.to(tl.float32) - (x.to(tl.float32) * lr.to(tl.float16).to(tl.float32)).to(tl.float16)" \
+        ".to(tl.float32)).to(tl.float16)"
+    assert statement("x = clip(x, -clip_value, clip_value)", [], ["clip_value"], types=master) == \
+        "x = clip(x, (-clip_value).to(tl.bfloat16), clip_value.to(tl.bfloat16))"
+    # a 16-bit gradient meets the float32 accumulator: float32, as torch promotes
+    assert statement("x = (x + {gradient_accumulator}) / n_acc", ["gradient_accumulator"], ["n_acc"],
+                     types=master) == "x = tl.div_rn((x.to(tl.float32) + gradient_accumulator_), n_acc)"
+    # and after the gradient statements, the gradient is cast to the masters' float32 (the rule's cast)
+    lines = triton_codegen._Typed([], master, ["lr"]).body([("gradient", "x = x / lr"), ("update", "wv = wv - x * lr")])
+    assert lines[1:] == ["x = x.to(tl.float32)", "wv = wv - (x * lr)"]
+    for bad in ("if x < 0:\n    x = 0", "x = x ** 2", "x = abs(x)", "x, y = y, x", "x = x * unknown", "x = lr"):
         with pytest.raises(ValueError, match="statement"):
-            triton_codegen.statement(bad, [])
+            statement(bad, [], ["lr"])
 
 
 # --- PTX for sm_90 --------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
     """Every kernel the stages can ask for (``tests/triton_ptx.py``), compiled for sm_90."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -112,6 +165,11 @@ def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
         assert kernel["stores"], f"{kernel['name']}: stores nothing; it was not compiled as expected"
         assert kernel["forbidden"] == [], kernel["name"]
     assert any(kernel["divisions"] for kernel in report["kernels"])
+    if dtype in ("float16", "bfloat16"):
+        assert {kernel["masters"] for kernel in report["kernels"]} == {False, True}
+        rounding = {"float16": "cvt.rn.f16.f32", "bfloat16": "cvt.rn.bf16.f32"}[dtype]
+        assert all(rounding in kernel["conversions"] for kernel in report["kernels"]
+                   if kernel["name"].startswith("update"))
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")

@@ -2,7 +2,7 @@
 keeping on the device what lives there.
 
 Both take the count from the optimizer's host copy (no device read) and cast every scalar
-to the weights' dtype before it reaches the kernel:
+to the step's dtype (the weights', or float32 for master weights) before it reaches the kernel:
 
 * :func:`host_call` (the CPU tier): the stored rate read as a NumPy scalar, NumPy for the
   norms' arithmetic;
@@ -35,23 +35,35 @@ def host_call(optimizer, dtype, sum_squares) -> KernelCall:
 
 
 class DeviceCast:
-    """To the weights' torch ``dtype``: a number stays on the host (a NumPy scalar), a tensor
-    stays on its device."""
+    """To the step's torch ``dtype``: a number stays on the host (a NumPy scalar), a tensor
+    stays on its device.
+
+    A number cast to float16 or bfloat16 (which NumPy cannot hold: it has no bfloat16) is
+    rounded as the reference's ``torch.full((), v, dtype)`` rounds it (to float32, then to 16
+    bits) and held, exactly, in a NumPy float32; arithmetic on it (the EMA's ``1 - m``) is
+    then float32's, as torch computes a 16-bit operation, and is rounded again when cast."""
 
     def __init__(self, dtype):
         self.dtype = dtype
-        self.numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        name = str(dtype).removeprefix("torch.")
+        self.sixteen_bit = name in ("float16", "bfloat16")
+        #: the NumPy dtype a number is held in
+        self.numpy_dtype = np.dtype(np.float32 if self.sixteen_bit else name)
 
     def __call__(self, value):
         import torch
 
         if isinstance(value, torch.Tensor):
             return value.to(self.dtype)
+        if self.sixteen_bit:
+            rounded = torch.from_numpy(np.array(value, np.float64)).to(self.dtype).to(torch.float32)
+            return rounded.numpy()[()]
         return np.asarray(value).astype(self.numpy_dtype)[()]
 
 
 def device_call(optimizer, dtype, sum_squares) -> KernelCall:
-    """An empty call for ``optimizer``'s step with weights of torch ``dtype``;
+    """An empty call for ``optimizer``'s step computed in torch ``dtype`` (the weights', or
+    float32 for 16-bit weights with master weights);
     ``sum_squares(call)`` returns the norm pass's float64 sums as a tensor on the device."""
     stored = optimizer.state_roles.learning_rate
     cast = DeviceCast(dtype)

@@ -10,12 +10,21 @@ read back from the device: the call is filled as the foreach tier's (``calls.dev
 the stored rate and the norms stay tensors there, and the tables and the scalars known on the
 host go over in asynchronous copies from pinned memory.
 
-Takes a step when: Triton imports; every weight is a plain, contiguous float32 or float64
-tensor (no subclass such as DTensor) of one dtype on one CUDA device; every stage can be
-fused for the plan; every weight is stepped and every gradient is a contiguous tensor of its
-weight's dtype, shape and device. With ``TRITON_INTERPRET=1`` and ``POLYAK_TIER=triton``
+16-bit weights (float16, bfloat16) are stepped as the reference steps them (see
+``triton_codegen``): without master weights in their dtype, each operation rounded to it;
+with master weights (``master_weights=True``) through float32 masters, packed into one more
+flat buffer, the gradient 16-bit until it meets float32, and the weights stored as the masters
+rounded. Clipping by norm is declined when the gradient it clips is 16-bit (no masters, or
+masters without accumulation): the reference sums its squares in 16 bits.
+
+Takes a step when: Triton imports; every weight is a plain, contiguous float32, float64,
+float16 or bfloat16 tensor (no subclass such as DTensor) of one dtype on one CUDA device,
+with a master copy each or none; every stage can be fused for the plan, and the plan clips
+no 16-bit gradient by norm; every weight is stepped and every gradient is a contiguous tensor
+of its weight's dtype, shape and device. With ``TRITON_INTERPRET=1`` and ``POLYAK_TIER=triton``
 (see :mod:`polyak.tiers`) it also takes CPU tensors, through Triton's interpreter: how the
-tests run this kernel without a GPU.
+tests run this kernel without a GPU. Not bfloat16 there: the interpreter holds it as uint16
+and converts float32 to it by truncation, so the reference runs instead.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ BLOCK = 1024  #: elements per program
 NUM_WARPS = 4
 #: how every kernel is compiled: no FP contraction, so each operation is rounded as in the reference
 COMPILE_OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+_SIXTEEN_BIT = ("float16", "bfloat16")
+_DTYPES = ("float32", "float64") + _SIXTEEN_BIT  #: the weights' dtypes the tier takes
 _available = None
 
 
@@ -77,7 +88,11 @@ class TritonState:
         self._held = [(v, w) for v, w in zip(variables, self.weights) if v is not w]
         self.dtype, self.device = self.weights[0].dtype, self.weights[0].device
         self.device_index = self.weights[0].get_device()  #: -1 on the CPU (the interpreter)
-        self.numpy_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        per_weight = [(role, group) for role, group in per_weight if not all(v is None for v in group)]
+        self.types = triton_codegen.Types(_name(self.dtype), masters=MASTER in dict(per_weight))
+        #: what the step computes in (float32 with masters), and the dtype of the scalars' array
+        self.compute_dtype = getattr(torch, self.types.compute)
+        self.scalar_dtype = np.dtype(self.types.scalar)
         self.shapes = [tuple(w.shape) for w in self.weights]
         sizes = [w.numel() for w in self.weights]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -85,12 +100,13 @@ class TritonState:
         self.sizes, self.offsets = self.table(sizes), self.table(offsets)
         self.decay = self.table(np.array(decay_mask, np.int64))
         self.weight_table = self.table([w.data_ptr() for w in self.weights])
-        #: one flat buffer per role (``state_roles``), each Variable a view into it
-        self.buffers = {role: self._pack(group, sizes, offsets) for role, group in per_weight if role != MASTER}
+        #: one flat buffer per role (``state_roles``, the masters included), each Variable a view into it
+        self.buffers = {role: self._pack(group, sizes, offsets) for role, group in per_weight}
         chunks = [(t, start) for t, size in enumerate(sizes) for start in range(0, max(size, 1), BLOCK)]
         self.chunk_tensor, self.chunk_start = (self.table(c) for c in zip(*chunks))
         self.grid = (len(chunks),)
-        self._no_denominators = torch.ones(len(self.weights), dtype=self.dtype, device=self.device)
+        self._no_denominators = torch.ones(len(self.weights), dtype=getattr(torch, self.types.scalar),
+                                           device=self.device)
         self._chunk_sums = torch.zeros(len(chunks), dtype=torch.float64, device=self.device)
         self._grad_addresses, self._grad_table = None, None
 
@@ -115,7 +131,7 @@ class TritonState:
 
     def _pack(self, variables, sizes, offsets):
         torch = _torch()
-        flat = torch.zeros(int(sum(sizes)), dtype=self.dtype, device=self.device)
+        flat = torch.zeros(int(sum(sizes)), dtype=variables[0].value.dtype, device=self.device)
         for variable, offset, size, shape in zip(variables, offsets, sizes, self.shapes):
             variable._rebind(flat[offset:offset + size].view(shape))
         return flat
@@ -146,7 +162,7 @@ class TritonState:
         torch = _torch()
         values = list(call.scalars.values()) or [0]
         on_device = [(k, v) for k, v in enumerate(values) if isinstance(v, torch.Tensor)]
-        host = np.array([0 if isinstance(v, torch.Tensor) else v for v in values], self.numpy_dtype)
+        host = np.array([0 if isinstance(v, torch.Tensor) else v for v in values], self.scalar_dtype)
         scalars = self.to_device(host)
         for k, value in on_device:
             scalars[k].copy_(value)
@@ -161,7 +177,7 @@ class TritonState:
         statements (summed per chunk, then per tensor: in another order than the reference),
         a tensor on the device."""
         torch = _torch()
-        kernel = triton_codegen.load_sum_squares(call, interpreted())
+        kernel = triton_codegen.load_sum_squares(call, interpreted(), self.types)
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, grad_table, self.sizes, self.offsets,
                               self._chunk_sums, self._scalars(call), *(self.buffers[r] for r in call.roles),
@@ -170,13 +186,26 @@ class TritonState:
         return totals.index_add_(0, self.chunk_tensor, self._chunk_sums)
 
     def run(self, grad_table, call):
-        """One fused step; every scalar is a scalar of the weights' dtype."""
-        kernel = triton_codegen.load_update(call, interpreted())
+        """One fused step; every scalar is a scalar of the step's dtype."""
+        kernel = triton_codegen.load_update(call, interpreted(), self.types)
         denominators = self._no_denominators if call.denominators is None else call.denominators
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, self.weight_table, grad_table, self.sizes,
                               self.offsets, self.decay, denominators, self._scalars(call),
-                              *(self.buffers[r] for r in call.roles), BLOCK=BLOCK, **COMPILE_OPTIONS)
+                              *(self.buffers[r] for r in triton_codegen.kernel_roles(call.roles, self.types)),
+                              BLOCK=BLOCK, **COMPILE_OPTIONS)
+
+
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def takes(types, plan) -> bool:
+    """Whether the kernel for weights of ``types`` steps ``plan`` as the reference does: not
+    when it clips a 16-bit gradient by norm (the reference sums its squares in 16 bits; with
+    master weights and accumulation the gradient it clips is the float32 mean)."""
+    clips_16_bits = types.weight in _SIXTEEN_BIT and not (types.masters and plan.gradient_accumulation_steps)
+    return not (clips_16_bits and (plan.clipnorm or plan.global_clipnorm))
 
 
 def _device_ok(device, forced):
@@ -192,8 +221,15 @@ def _prepared(optimizer, plan, forced):
     if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced) or not available():
         return None
     weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
-    if not weights or weights[0].dtype not in (_torch().float32, _torch().float64) or not all(
+    if not weights or _name(weights[0].dtype) not in _DTYPES or not all(
             _plain(w, weights[0].dtype, weights[0].device) for w in weights):
+        return None
+    if interpreted() and weights[0].dtype is _torch().bfloat16:
+        return None  # the interpreter holds bfloat16 as uint16 and truncates float32 to it
+    masters = [m for m in optimizer.state_roles.role(MASTER) if m is not None]
+    if masters and len(masters) != len(weights):
+        return None
+    if not takes(triton_codegen.Types(_name(weights[0].dtype), bool(masters)), plan):
         return None
     state = TritonState(optimizer._trainable_variables, weights, optimizer.state_roles.per_weight, decay_mask)
     optimizer._tier_cache = state
@@ -221,7 +257,7 @@ def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> boo
     if not stages.fusable(plan):
         return False
     state = _prepared(optimizer, plan, forced)
-    return state is not None and (proof is not None or state.addresses(grads) is not None)
+    return state is not None and takes(state.types, plan) and (proof is not None or state.addresses(grads) is not None)
 
 
 class TritonTier:
@@ -230,7 +266,7 @@ class TritonTier:
     def run(self, optimizer, plan, indices, grads, proof=None) -> str:
         state = optimizer._tier_cache
         grad_table = state.grad_table(proof if proof is not None else state.addresses(grads))
-        call = calls.device_call(optimizer, state.dtype, lambda c: state.sum_squares(grad_table, c))
+        call = calls.device_call(optimizer, state.compute_dtype, lambda c: state.sum_squares(grad_table, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
             state.run(grad_table, call)
