@@ -65,6 +65,10 @@ CONFIGS = {
     "all": dict(momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=2.0, use_ema=True, ema_momentum=0.9,
                 ema_overwrite_frequency=4, gradient_accumulation_steps=2, loss_scale_factor=4.0),
     "master-weights": dict(momentum=0.9, use_ema=True, weight_decay=0.01, clipvalue=1.0, master_weights=True),
+    # the norm clips the float32 mean of the accumulated gradients, so the Triton tier takes it
+    "master-weights-all": dict(momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=2.0, use_ema=True,
+                               ema_overwrite_frequency=4, gradient_accumulation_steps=2, loss_scale_factor=4.0,
+                               master_weights=True),
     # the rate computed on the device by the reference (float32 cos) and on the host by the fused tiers
     "cosine-schedule": dict(momentum=0.9, learning_rate=polyak.optimizers.schedules.CosineDecay(
         0.1, decay_steps=4, alpha=0.1, warmup_target=0.2, warmup_steps=2)),
@@ -72,7 +76,8 @@ CONFIGS = {
 #: (configuration, dtype) pairs run: every configuration in float32, a few in the other dtypes
 PAIRS = ([(name, torch.float32) for name in CONFIGS]
          + [(name, torch.float64) for name in ("momentum", "nesterov-decay-ema", "global-clipnorm", "accumulation")]
-         + [(name, dtype) for name in ("momentum", "master-weights") for dtype in (torch.float16, torch.bfloat16)])
+         + [(name, dtype) for name in ("momentum", "nesterov-decay-ema", "accumulation", "master-weights",
+                                       "master-weights-all") for dtype in (torch.float16, torch.bfloat16)])
 TIERS = {"triton": TRITON_ENV, "foreach": {"POLYAK_TIER": "foreach"}}
 #: configurations whose step reads a device value unless the tier keeps it there
 SYNC_CONFIGS = ("momentum", "global-clipnorm", "clipnorm-loss-scale", "all", "cosine-schedule")
