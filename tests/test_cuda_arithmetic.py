@@ -183,6 +183,18 @@ def test_the_foreach_tier_runs_where_it_can():
     assert ran == {"foreach"}
 
 
+@pytest.mark.parametrize("schedule", db.SCHEDULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(db.SCHEDULES)])
+def test_a_schedule_of_a_device_count_divides_on_the_device(schedule):
+    """Where the count is not known on the host (``stateless_apply``, a direct call), a schedule
+    runs on the device count: its constants are made there, and it divides by them."""
+    name, kwargs = schedule
+    step = torch.full((), 4, dtype=torch.int64, device="meta")
+    with Audit() as seen:
+        rate = getattr(polyak.optimizers.schedules, name)(**kwargs)(step)
+    assert rate.device == step.device and rate.dtype == torch.float32
+    assert not seen.findings, f"{name}({kwargs}):\n" + "\n".join(dict.fromkeys(seen.findings))
+
+
 # --- polyak.torch.SGD: param groups, each with its own rate ------------------------------------
 def _torch_face(rates, **options):
     from polyak.torch import SGD
