@@ -43,6 +43,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from polyak.core import clipping, decay, ema
 from polyak.core.kernel_call import ACCUMULATE, FROM_ACCUMULATED, KernelCall
 from polyak.core.state import LOCAL_SQUARES
@@ -67,13 +69,20 @@ class Values:
     s: tuple = ()
     mask: list = field(default_factory=list)
     iteration: Any = None  #: the count after the step
-    #: ``state.iteration`` as a Python int when the caller knows it without reading the device
-    host_iteration: Any = None
+    host_iteration: Any = None  #: ``state.iteration`` as a Python int when known without a device read
 
     @property
     def count(self):
         """The count before the step, for decisions: the host copy when known (no device read)."""
         return self.state.iteration if self.host_iteration is None else self.host_iteration
+
+    def rate(self, bk, function):
+        """``function(count, stored rate)`` at the count before the step: on the host count when known
+        (a schedule in NumPy: Keras's cos, pow, log), its value then a 0-d array made on the device."""
+        if self.host_iteration is None:  # traced (jax.jit), or values given to stateless_apply
+            return function(self.state.iteration, self.state.learning_rate)
+        rate = function(np.int64(self.host_iteration), self.state.learning_rate)
+        return bk.cast(rate, bk.dtype(rate.dtype)) if isinstance(rate, (np.generic, np.ndarray)) else rate
 
 
 class Stage:
@@ -218,7 +227,7 @@ class Accumulation(Stage):
     def reference(self, plan, bk, s):
         n_acc = plan.gradient_accumulation_steps
         desc = s.descending
-        s.learning_rate = plan.learning_rate(s.state.iteration, s.state.learning_rate)
+        s.learning_rate = s.rate(bk, plan.learning_rate)
         s.w = [s.params[i] for i in desc]
         s.s = tuple([slot[i] for i in desc] for slot in s.slots)
         s.mask = [plan.decay_mask[i] for i in desc]
@@ -259,14 +268,12 @@ class Accumulation(Stage):
         for stage in DESCENT:
             stage.kernel(plan, call)
 
-    def fusable(self, plan):
-        """Per-group hyperparameters (``plan.groups``) run the reference step only."""
+    def fusable(self, plan):  # per-group hyperparameters (``plan.groups``) run the reference step only
         return plan.groups is None and all(stage.fusable(plan) for stage in DESCENT)
 
 
 def _mean(bk, total, n):
-    """``total / n``, dividing by a 0-d array of ``total``'s dtype: true division on every
-    backend (PyTorch on CUDA multiplies by the reciprocal of a Python number instead)."""
+    """``total / n``, by a 0-d array of ``total``'s dtype: true division (see ``schedules.functions``)."""
     return total / bk.scalar(n, total.dtype)
 
 
@@ -287,7 +294,7 @@ def _descend(plan, bk, s):
         part = dataclasses.replace(
             s, g=[s.g[j] for j in members], w=[s.w[j] for j in members], mask=[s.mask[j] for j in members],
             s=tuple([slot[j] for j in members] for slot in s.s) if keeps_slots else (),
-            learning_rate=group.learning_rate(s.state.iteration, s.state.learning_rate))
+            learning_rate=s.rate(bk, group.learning_rate))
         own = dataclasses.replace(plan, rule=group.rule, weight_decay=group.weight_decay, groups=None)
         for stage in DESCENT[1:]:
             stage.reference(own, bk, part)
