@@ -298,6 +298,7 @@ BAD_ARGUMENTS = [
     ({"nesterov": 1}, TypeError, "nesterov=1"),
     ({"learning_rate": math.inf}, ValueError, "learning_rate=inf"),
     ({"learning_rate": math.nan}, ValueError, "learning_rate=nan"),
+    ({"learning_rate": 3.4028235677973366e38}, ValueError, "finite in float32"),
     ({"learning_rate": -0.1}, ValueError, "learning_rate=-0.1"),
     ({"learning_rate": "fast"}, TypeError, "learning_rate='fast'"),
     ({"learning_rate": True}, TypeError, "learning_rate=True"),

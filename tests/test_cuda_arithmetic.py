@@ -13,7 +13,8 @@ Three facts of CUDA PyTorch make some operations round differently from NumPy, o
   ``add`` with ``alpha`` other than +-1, ...) may be contracted into an FMA by nvcc, rounding
   once where NumPy rounds twice. ``alpha`` of +-1 multiplies exactly, so it is allowed.
 * **reading back**: ``_local_scalar_dense`` (``.item()``, ``bool(t)``) or a copy of a device
-  tensor to the CPU synchronises the host with the stream. And an elementwise operation
+  tensor to the CPU synchronises the host with the stream; so does a copy from (pageable) CPU
+  memory to the device, so a number goes over as ``torch.full`` (a kernel argument) instead. And an elementwise operation
   between a device tensor and a CPU tensor that is not 0-d fails on CUDA.
 
 Each finding names the operation and the configuration.
@@ -85,6 +86,11 @@ def problems_of(func, args, kwargs, out):
         name == "copy_" and _is_cpu_tensor(args[0]) and _on_device(args[1:2]))
     if device_inputs and (to_cpu or any(_is_cpu_tensor(t) for t in _tensors(out))):
         found.append("(c) a copy of a device tensor to the CPU: a synchronisation on CUDA")
+    from_cpu = (name == "_to_copy" and _is_cpu_tensor(args[0]) and kwargs.get("device") is not None
+                and torch.device(kwargs["device"]).type != "cpu") or (
+        name == "copy_" and _on_device(args[:1]) and _is_cpu_tensor(args[1]))
+    if from_cpu:
+        found.append("(c) a copy from the CPU to the device: from pageable memory, a synchronisation on CUDA")
     if device_inputs and any(_is_cpu_tensor(t) and t.dim() > 0 for t in _tensors((args, kwargs))):
         found.append("(c) a device tensor with a CPU tensor of more than 0 dimensions: fails on CUDA")
     return found

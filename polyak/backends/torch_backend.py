@@ -36,6 +36,10 @@ class TorchBackend(Backend):
         return isinstance(value, torch.Tensor)
 
     def asarray(self, value, dtype=None):
+        if isinstance(value, (int, float, np.generic)) and not isinstance(value, (bool, np.bool_, complex)) \
+                and np.asarray(value).dtype.kind in "fiu":  # made on the device: no copy from the host
+            number = np.asarray(value)
+            return torch.full((), number.item(), dtype=self.dtype(dtype or number.dtype.name), device=self.device)
         if not isinstance(value, torch.Tensor):
             array = host_array(value, transfer=True)
             value = torch.from_numpy(array if array.flags.writeable else array.copy())

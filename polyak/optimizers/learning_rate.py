@@ -6,6 +6,9 @@ from polyak import validation
 from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
+#: the smallest number that rounds to inf in float32, the dtype the rate is kept in
+_FLOAT32_OVERFLOW = (2 - 2.0**-24) * 2.0**127
+
 
 class LearningRate:
     """Mixin for :class:`polyak.optimizers.Optimizer`: ``learning_rate`` as Keras has it."""
@@ -19,7 +22,10 @@ class LearningRate:
                 "learning_rate", learning_rate,
                 "a float, a LearningRateSchedule, or a callable returning the rate", TypeError,
             )
-        return validation.real("learning_rate", learning_rate, low=0)
+        rate = validation.real("learning_rate", learning_rate, low=0)
+        if rate >= _FLOAT32_OVERFLOW:
+            validation.fail("learning_rate", learning_rate, "finite in float32 (the rate's dtype)")
+        return rate
 
     @property
     def learning_rate(self):

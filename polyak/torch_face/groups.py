@@ -77,7 +77,7 @@ def rate_function(rate, device):
         return lambda iteration, stored: rate(iteration)
     if callable(rate):
         return lambda iteration, stored: rate()
-    value = torch.tensor(rate, dtype=torch.float32, device=device)
+    value = torch.full((), rate, dtype=torch.float32, device=device)  # no copy from the host
     return lambda iteration, stored: value
 
 
