@@ -33,6 +33,9 @@ class _GroupedSGD(KerasSGD):
         return dict(super().__getstate__(), descent={})  # rebuilt from the groups at every step
 
 
+_NO_DESCENT = (None, None, None)
+
+
 class SGD(torch.optim.Optimizer):
     """Keras 3's SGD (polyak's) as a ``torch.optim.Optimizer``.
 
@@ -92,6 +95,8 @@ class SGD(torch.optim.Optimizer):
         self._excluded = ((), ())  # exclude_from_weight_decay's var_list and var_names
         self._internal = None
         self._has_state = False
+        #: ``(groups' key, per-weight settings, (plan fields, stored rate))`` of the last step
+        self._descent_cache = _NO_DESCENT
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
         self.state = state_mod.LiveState(self)
 
@@ -175,9 +180,16 @@ class SGD(torch.optim.Optimizer):
                 needs_slots and not internal.momentums):
             self._build(needs_slots or (internal is not None and bool(internal.momentums)))
             internal = self._internal
-        sizes = [len(g["params"]) for g in self.param_groups]
-        fields, stored = groups_mod.descent(values, sizes, bool(internal.momentums), internal._backend.device,
-                                            internal._per_weight().decay_mask)
+        sizes = tuple(len(g["params"]) for g in self.param_groups)
+        per_weight = internal._per_weight()
+        key = (tuple(values), sizes, bool(internal.momentums), internal._backend.device)
+        cached_key, cached_per_weight, cached = self._descent_cache
+        if key == cached_key and per_weight is cached_per_weight:  # the same groups as the last step
+            fields, stored = cached
+        else:
+            fields, stored = groups_mod.descent(values, sizes, bool(internal.momentums), internal._backend.device,
+                                                per_weight.decay_mask)
+            self._descent_cache = (key, per_weight, (fields, stored))
         if stored is not None:
             internal.learning_rate = stored
         internal.descent = fields
@@ -196,12 +208,17 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         internal = self._prepare()
-        params = [p for p in self._params() if p.grad is not None]
+        params, grads = [], []
+        for p in self._params():
+            g = p.grad
+            if g is not None:
+                params.append(p)
+                grads.append(g)
         if self._initialises_state(params):
             self._has_state = True
         elif params:
             built = internal._trainable_variables
-            internal.apply([p.grad for p in params], built if len(params) == len(built) else params)
+            internal.apply(grads, built if len(params) == len(built) else params)
             self._has_state = True
         for index, schedule in self._schedules.items():
             self.param_groups[index]["lr"] = groups_mod.current_rate(schedule, self._iteration())
@@ -321,7 +338,7 @@ class SGD(torch.optim.Optimizer):
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
-        return dict(self.__dict__)
+        return dict(self.__dict__, _descent_cache=_NO_DESCENT)  # made again from the groups
 
     def __setstate__(self, state):
         self.__dict__.update(state)
