@@ -25,6 +25,8 @@ done. Run from the repository root::
    JAX step with accumulation and EMA overwrite, its branches as ``lax.cond`` and as a device
    select (``POLYAK_JAX_BRANCHES``), and which is faster on this GPU.
 
+Each phase and workload starts only while ``--budget`` seconds (480) have not passed since the
+start, and ``--json`` is written after each, so a run cut short keeps what it measured.
 ``--dry-run`` runs the same code on the CPU (the Triton tier in Triton's interpreter, small
 workloads, no timings of Triton), to find a mistake in this script before a GPU is at hand.
 
@@ -278,6 +280,84 @@ def timings(names, repeats, warmup, tiers=("triton", "foreach", "reference")):
     return rows
 
 
+ROW_KEYS = {"parity": ("config", "dtype", "tier", "ran", "verdict"), "sync": ("config", "dtype", "tier", "ran", "verdict"),
+            "timings": ("workload", "contender", "ms", "vs_torch_fused", "vs_floor")}
+
+
+def _save(report, path):
+    """The report so far as JSON (after every phase: a run cut short still leaves its results)."""
+    if path:
+        rows = {key: [dict(zip(names, r)) for r in report.get(key, [])] for key, names in ROW_KEYS.items()}
+        with open(path, "w") as f:
+            json.dump({**report, **rows}, f, indent=1)
+
+
+def phases(args, report, deadline):
+    """Runs each phase in turn while the budget lasts; returns whether a check failed."""
+    def left(what):
+        if time.perf_counter() < deadline:
+            return True
+        report.setdefault("skipped", []).append(what)
+        print(f"skipped (--budget spent): {what}", flush=True)
+        return False
+
+    report["parity"], failed = parity(args.steps, report["seed"])
+    _save(report, args.json)
+    if DEVICE.type == "cuda" and left("sync"):
+        report["sync"], sync_failed = sync_free()
+        failed |= sync_failed
+        _save(report, args.json)
+    tiers = ("triton", "foreach", "reference") if DEVICE.type == "cuda" else ("foreach", "reference")
+    report["timings"] = []
+    for key in args.workloads:
+        if left(f"timings {key}"):
+            report["timings"] += timings([key], args.repeats, args.warmup, tiers)
+            _save(report, args.json)
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    if not args.no_jax and left("jax branches"):
+        report["jax_branches"] = jax_branches(args.dry_run, args.json and args.json.removesuffix(".json") + "-jax.json")
+        _save(report, args.json)
+    if not args.no_bench:
+        from polyak.bench import harness
+
+        report["bench"] = []
+        for key in args.workloads:
+            if left(f"bench {key}"):
+                report["bench"] += harness.run([key], repeats=args.repeats, warmup=args.warmup,
+                                               device=DEVICE.type)["workloads"]
+                _save(report, args.json)
+    _save(report, args.json)
+    return failed
+
+
+def print_tables(report):
+    device = report["device"]
+    tables = [("parity", f"Parity on {device} (seed {report['seed']})"), ("sync", f"Synchronisations in a step on {device}")]
+    for key, title in tables:
+        if report.get(key):
+            print(f"\n## {title}\n")
+            print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
+            for row in report[key]:
+                print("| " + " | ".join(row) + " |")
+    if report.get("timings"):
+        print(f"\n## Step time on {device}\n")
+        print("| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
+        for key, name, ms, vs_fused, vs_floor in report["timings"]:
+            print(f"| {key} | {name} | {ms:.3f} | {vs_fused:.2f} | {vs_floor:.2f} |")
+    if report.get("bench"):
+        from polyak.bench import harness
+
+        print(f"\n## polyak bench --device {DEVICE.type} on {device}")
+        for result in report["bench"]:
+            print(harness.format_table(result))
+    if report.get("jax_branches"):
+        print(f"\n## JAX branches on {device}\n")
+        print("\n".join(report["jax_branches"]))
+    if report.get("skipped"):
+        print(f"\nskipped, the budget spent: {', '.join(report['skipped'])}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5)
@@ -287,7 +367,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
     parser.add_argument("--no-bench", action="store_true", help="skip `polyak bench --device cuda`")
     parser.add_argument("--no-jax", action="store_true", help="skip benchmarks/jax_branches.py")
-    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--budget", type=float, default=480,
+                        help="seconds after which no new phase or workload starts (default 480)")
+    parser.add_argument("--json", help="write the results here too, after every phase")
     parser.add_argument("--dry-run", action="store_true",
                         help="on the CPU, the Triton tier interpreted, no timings of it: checks this script")
     args = parser.parse_args(argv)
@@ -303,50 +385,9 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (dry run)"
     print(f"device {device}, torch {torch.__version__}, polyak {polyak.__file__}, seed {seed}", flush=True)
     began = time.perf_counter()
-    parity_rows, failed = parity(args.steps, seed)
-    sync_rows, sync_failed = sync_free() if DEVICE.type == "cuda" else ([], False)
-    failed |= sync_failed
-    tiers = ("triton", "foreach", "reference") if DEVICE.type == "cuda" else ("foreach", "reference")
-    timing_rows = timings(args.workloads, args.repeats, args.warmup, tiers) if args.workloads else []
-    bench = None
-    if not args.no_bench and args.workloads:
-        from polyak.bench import harness
-
-        bench = harness.run(args.workloads, repeats=args.repeats, warmup=args.warmup, device=DEVICE.type)
-    if DEVICE.type == "cuda":
-        torch.cuda.empty_cache()
-    branch_lines = [] if args.no_jax else jax_branches(
-        args.dry_run, args.json and args.json.removesuffix(".json") + "-jax-branches.json")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "torch": torch.__version__, "seed": seed,
-                       "parity": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in parity_rows],
-                       "sync": [dict(zip(("config", "dtype", "tier", "ran", "verdict"), r)) for r in sync_rows],
-                       "timings": [dict(zip(("workload", "contender", "ms", "vs_torch_fused", "vs_floor"), r))
-                                   for r in timing_rows], "bench": bench}, f, indent=1)
-    print(f"\n## Parity on {device} (seed {seed})\n")
-    print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
-    for row in parity_rows:
-        print("| " + " | ".join(row) + " |")
-    if sync_rows:
-        print(f"\n## Synchronisations in a step on {device}\n")
-        print("| config | dtype | tier asked | ran | result |\n|---|---|---|---|---|")
-        for row in sync_rows:
-            print("| " + " | ".join(row) + " |")
-    if timing_rows:
-        print(f"\n## Step time on {device}\n")
-        print("| workload | contender | ms | x torch fused | x floor |\n|---|---|---|---|---|")
-        for key, name, ms, vs_fused, vs_floor in timing_rows:
-            print(f"| {key} | {name} | {ms:.3f} | {vs_fused:.2f} | {vs_floor:.2f} |")
-    if bench:
-        from polyak.bench import harness
-
-        print(f"\n## polyak bench --device {DEVICE.type} on {device}")
-        for result in bench["workloads"]:
-            print(harness.format_table(result))
-    if branch_lines:
-        print(f"\n## JAX branches on {device}\n")
-        print("\n".join(branch_lines))
+    report = {"device": device, "torch": torch.__version__, "seed": seed}
+    failed = phases(args, report, began + args.budget)
+    print_tables(report)
     print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")
     return 1 if failed else 0
 
