@@ -385,7 +385,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (dry run)"
     print(f"device {device}, torch {torch.__version__}, polyak {polyak.__file__}, seed {seed}", flush=True)
     began = time.perf_counter()
-    report = {"device": device, "torch": torch.__version__, "seed": seed}
+    report = {"device": device, "torch": torch.__version__, "polyak": polyak.__file__, "seed": seed}
     failed = phases(args, report, began + args.budget)
     print_tables(report)
     print(f"\n{'FAILED' if failed else 'passed'} in {time.perf_counter() - began:.0f} s")
