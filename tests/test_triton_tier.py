@@ -164,6 +164,8 @@ def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
     for kernel in report["kernels"]:
         assert kernel["stores"], f"{kernel['name']}: stores nothing; it was not compiled as expected"
         assert kernel["forbidden"] == [], kernel["name"]
+        if kernel["name"].startswith("update"):  # a full block moves 16 bytes per instruction
+            assert kernel["vector_loads"] and kernel["vector_stores"], kernel["name"]
     assert any(kernel["divisions"] for kernel in report["kernels"])
     if dtype in ("float16", "bfloat16"):
         assert {kernel["masters"] for kernel in report["kernels"]} == {False, True}
@@ -218,3 +220,26 @@ def test_a_rate_set_between_steps_and_gradients_reused_in_place_reach_the_kernel
     monkeypatch.delenv("POLYAK_TIER")
     _, want = run()
     db.assert_same_numbers([want], [got], db.NORM_TOLERANCE["float32"])
+
+
+def test_a_weight_whose_storage_is_replaced_is_stepped_where_it_now_lives(interpreted, monkeypatch):
+    """``p.data = ...`` gives the same Parameter new memory: the kernel must write there (its
+    address table made again, the state kept), not into the memory the weight had."""
+    def run():
+        generator = torch.Generator().manual_seed(11)
+        w = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(5, 3), (17,)]]
+        opt = polyak.SGD(learning_rate=0.1, momentum=0.9, use_ema=True)
+        tiers = []
+        for step in range(4):
+            if step == 2:
+                w[1].data = w[1].data * 2  # new storage, same Parameter
+            opt.apply([torch.randn(p.shape, generator=generator) for p in w], w)
+            tiers.append(db.tier_that_ran(opt))
+        return tiers, [p.detach().numpy().copy() for p in w] + [db.to_numpy(v) for v in opt.variables]
+
+    tiers, got = run()
+    assert tiers == ["triton"] * 4
+    monkeypatch.delenv("POLYAK_TIER")
+    _, want = run()
+    for x, y in zip(want, got):
+        np.testing.assert_array_equal(y, x)

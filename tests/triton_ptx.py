@@ -4,7 +4,8 @@ Run by ``test_triton_tier`` in a process of its own (Triton must not be in its i
 ``python tests/triton_ptx.py float16``. For 16-bit weights, the kernels with master weights
 too. Prints, last, one JSON line: per kernel, the instructions found that round otherwise than
 the reference (``fma``, ``div.full``, any ``.approx``, flushing subnormals with ``.ftz``),
-whether it stores, its divisions and its conversions.
+whether it stores, its vector loads and stores (the tier's aligned kernels, compiled as Triton
+specializes a launch on 16-byte aligned tensors), its divisions and its conversions.
 """
 
 import json
@@ -44,7 +45,7 @@ def kernels(options, dtype, iteration):
     opt = polyak.SGD(**options)
     opt.build([torch.nn.Parameter(torch.ones(4, dtype=dtype))])
     masters = any(m is not None for m in opt.state_roles.role("master"))
-    types = triton_codegen.Types(str(dtype).removeprefix("torch."), masters)
+    types = triton_codegen.Types(str(dtype).removeprefix("torch."), masters, aligned=True)
     if not triton_fused.takes(types, opt._plan()):
         return types, []
     norms = []
@@ -65,7 +66,9 @@ def ptx(kernel, types):
     scalar = {"scalars": types.scalar, "denominators": types.scalar, "out": "float64"}
     signature = {name: "constexpr" if name == "BLOCK" else "*i64" if name in TABLES
                  else f"*{ELEMENT[scalar.get(name, types.compute)]}" for name in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": triton_fused.BLOCK})
+    # as Triton specializes a launch on tensors whose addresses are multiples of 16 (fresh allocations)
+    aligned = {(k,): [["tt.divisibility", 16]] for k, name in enumerate(kernel.arg_names) if name != "BLOCK"}
+    source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": triton_fused.BLOCK}, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(triton_fused.COMPILE_OPTIONS)).asm["ptx"]
 
@@ -82,6 +85,8 @@ def main(dtype_name):
                     found.append({"name": f"{kind} {key} {types}", "masters": types.masters,
                                   "forbidden": sorted(set(FORBIDDEN.findall(text))),
                                   "stores": bool(re.search(r"\bst\.global", text)),
+                                  "vector_loads": len(re.findall(r"\bld\.global(?:\.\w+)*\.v[24]\.", text)),
+                                  "vector_stores": len(re.findall(r"\bst\.global(?:\.\w+)*\.v[24]\.", text)),
                                   "divisions": sorted(set(re.findall(r"\bdiv\.[\w.]+", text))),
                                   "conversions": sorted(set(re.findall(r"\bcvt\.[\w.]+", text)))})
     print(json.dumps({"polyak": polyak.__file__, "kernels": found}))

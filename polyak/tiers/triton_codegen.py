@@ -48,15 +48,21 @@ def clip(x, lo, hi):
     return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
 """
 
+#: every tensor's state starts at a multiple of this many elements in the flat buffers
+ALIGN = 16
+
 # Program ``c`` takes elements ``i`` of tensor ``t``; ``here`` is where they sit in the flat state.
+# A block wholly inside its tensor runs unmasked, so that its loads and stores can be vector
+# instructions (16 bytes each) when the addresses are known aligned; the last, partial block of
+# a tensor runs the same statements masked.
 _PROGRAM = """    c = tl.program_id(0)
     t = tl.load(chunk_tensor + c)
-    i = tl.load(chunk_start + c) + tl.arange(0, BLOCK)
-    mask = i < tl.load(sizes + t)
-    here = tl.load(offsets + t) + i
+    start = tl.multiple_of(tl.load(chunk_start + c), BLOCK)
+    i = start + tl.arange(0, BLOCK)
+    size = tl.load(sizes + t)
+    here = tl.multiple_of(tl.load(offsets + t), {align}) + i
     pointer = tl.pointer_type({weight})
-    g = tl.load(grad_table + t).to(pointer, bitcast=True)
-    x = tl.load(g + i, mask=mask, other=0)
+    g = {g}
 """
 
 _STEP = """
@@ -64,8 +70,14 @@ _STEP = """
 @triton.jit
 def kernel(chunk_tensor, chunk_start, weight_table, grad_table, sizes, offsets, decay, denominators, scalars{states},
            BLOCK: tl.constexpr):
-{program}    w = tl.load(weight_table + t).to(pointer, bitcast=True)
-    wv = tl.load({weight_source}, mask=mask, other=0)
+{program}    w = {w}
+{scalars}    if start + BLOCK <= size:
+{full}    else:
+        mask = i < size
+{tail}"""
+
+_BLOCK = """x = tl.load(g + i{masked_load})
+wv = tl.load({weight_source}{masked_load})
 {loads}{body}{stores}"""
 
 # A float32 square is exact in float64, so the sum differs from the reference only in its order.
@@ -73,8 +85,13 @@ _SUM_SQUARES = """
 
 @triton.jit
 def kernel(chunk_tensor, chunk_start, grad_table, sizes, offsets, out, scalars{states}, BLOCK: tl.constexpr):
-{program}{loads}{body}    x64 = tl.where(mask, x.to(tl.float64), 0.0)
-    tl.store(out + c, tl.sum(x64 * x64, axis=0))
+{program}{scalars}    if start + BLOCK <= size:
+{full}        x64 = x.to(tl.float64)
+        tl.store(out + c, tl.sum(x64 * x64, axis=0))
+    else:
+        mask = i < size
+{tail}        x64 = tl.where(mask, x.to(tl.float64), 0.0)
+        tl.store(out + c, tl.sum(x64 * x64, axis=0))
 """
 
 _OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -84,11 +101,14 @@ _BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
 class Types(NamedTuple):
-    """The dtypes of one kernel: the weights' and gradients' (``weight``), and whether each
-    weight is stepped through a float32 master copy."""
+    """The static facts of one kernel: the weights' and gradients' dtype (``weight``), whether
+    each weight is stepped through a float32 master copy, and whether every weight's and
+    gradient's address is a multiple of 16 bytes (then a full block's loads and stores are
+    16-byte vector instructions)."""
 
     weight: str = "float32"
     masters: bool = False
+    aligned: bool = False
 
     @property
     def compute(self) -> str:
@@ -215,9 +235,8 @@ def _reads(texts, roles):
     return [role for role in roles if "{" + role + "}" in joined]
 
 
-def _loads(roles, scalars, uses_denominator, decays):
-    lines = [f"    {_local(role)} = tl.load(state_{role} + here, mask=mask, other=0)" for role in roles]
-    lines += [f"    {name} = tl.load(scalars + {k})" for k, name in enumerate(scalars)]
+def _scalar_loads(scalars, uses_denominator, decays):
+    lines = [f"    {name} = tl.load(scalars + {k})" for k, name in enumerate(scalars)]
     if uses_denominator:
         lines.append("    denominator = tl.load(denominators + t)")
     if decays:
@@ -225,8 +244,33 @@ def _loads(roles, scalars, uses_denominator, decays):
     return "".join(line + "\n" for line in lines)
 
 
+def _role_loads(roles):
+    return "".join(f"{_local(role)} = tl.load(state_{role} + here{{masked_load}})\n" for role in roles)
+
+
 def _states(roles):
     return "".join(f", state_{role}" for role in roles)
+
+
+def _blocks(block):
+    """``block`` (lines with ``{masked_load}`` and ``{masked}`` where a load or a store takes the
+    mask) twice, indented into the kernel's two branches: a full block unmasked, the partial one
+    masked (its loads 0 past the end)."""
+    def indented(**masks):
+        return "".join(f"        {line}\n" for line in block.format(**masks).splitlines() if line)
+
+    return dict(full=indented(masked_load="", masked=""), tail=indented(masked_load=", mask=mask, other=0",
+                                                                          masked=", mask=mask"))
+
+
+def _program(types):
+    """The program's start: its chunk, tensor and gradient pointer (16-byte aligned if ``types.aligned``)."""
+    g = "tl.load(grad_table + t).to(pointer, bitcast=True)"
+    return _PROGRAM.format(align=ALIGN, weight=_TL[types.weight], g=_hinted(g, types))
+
+
+def _hinted(pointer, types):
+    return f"tl.multiple_of({pointer}, 16)" if types.aligned else pointer
 
 
 def kernel_roles(roles, types):
@@ -242,25 +286,28 @@ def update_source(body, roles, scalars, decays, types=Types()):
     assigned = _assigned(lines)
     stores = []
     if types.masters:
-        stores += ["    tl.store(state_master + here, wv, mask=mask)"] if "wv" in assigned else []
-        stores.append(f"    tl.store(w + i, wv.to({_TL[types.weight]}), mask=mask)")
+        stores += ["tl.store(state_master + here, wv{masked})"] if "wv" in assigned else []
+        stores.append(f"tl.store(w + i, wv.to({_TL[types.weight]}){{masked}})")
     elif "wv" in assigned:
-        stores.append("    tl.store(w + i, wv, mask=mask)")
-    stores += [f"    tl.store(state_{role} + here, {_local(role)}, mask=mask)" for role in roles
+        stores.append("tl.store(w + i, wv{masked})")
+    stores += [f"tl.store(state_{role} + here, {_local(role)}{{masked}})" for role in roles
                if _local(role) in assigned]
+    block = _BLOCK.format(weight_source="state_master + here" if types.masters else "w + i",
+                          masked_load="{masked_load}",
+                          loads=_role_loads(_reads(texts, roles)), body="".join(f"{line}\n" for line in lines),
+                          stores="".join(f"{line}\n" for line in stores))
     return _HEADER + _STEP.format(
-        states=_states(kernel_roles(roles, types)), program=_PROGRAM.format(weight=_TL[types.weight]),
-        weight_source="state_master + here" if types.masters else "w + i",
-        loads=_loads(_reads(texts, roles), scalars, any("{denominator}" in s for s in texts), decays),
-        body="".join(f"    {line}\n" for line in lines), stores="".join(line + "\n" for line in stores))
+        states=_states(kernel_roles(roles, types)), program=_program(types),
+        w=_hinted("tl.load(weight_table + t).to(pointer, bitcast=True)", types),
+        scalars=_scalar_loads(scalars, any("{denominator}" in s for s in texts), decays), **_blocks(block))
 
 
 def sum_squares_source(prefix, roles, scalars, types=Types()):
     """Per chunk, the float64 sum of squares of the gradient after the ``prefix`` statements."""
     lines = _Typed(roles, types, scalars).body([("gradient", s) for s in prefix])
-    return _HEADER + _SUM_SQUARES.format(
-        states=_states(roles), program=_PROGRAM.format(weight=_TL[types.weight]),
-        loads=_loads(_reads(prefix, roles), scalars, False, False), body="".join(f"    {line}\n" for line in lines))
+    block = "x = tl.load(g + i{masked_load})\n" + _role_loads(_reads(prefix, roles)) + "".join(f"{line}\n" for line in lines)
+    return _HEADER + _SUM_SQUARES.format(states=_states(roles), program=_program(types),
+                                         scalars=_scalar_loads(scalars, False, False), **_blocks(block))
 
 
 _loaded = {}

@@ -5,7 +5,10 @@ flat buffer per role (here a tensor on the weights' device; each ``Variable`` ke
 into it), weights and gradients are reached through tables of their addresses, and the
 kernel is written from the stages' statements for each call (``triton_codegen``) with the
 scalars the same stages decide. A step is one launch over chunks of ``BLOCK`` elements of
-every tensor, and one more (a per-chunk sum of squares) when clipping by norm. Nothing is
+every tensor, and one more (a per-chunk sum of squares) when clipping by norm. Each tensor's
+state starts at a multiple of ``triton_codegen.ALIGN`` elements in the flat buffers, so when
+every weight's and gradient's address is a multiple of 16 bytes (as PyTorch allocates them) a
+block wholly inside its tensor moves 16 bytes per load and store instruction. Nothing is
 read back from the device: the call is filled as the foreach tier's (``calls.device_call``),
 the stored rate and the norms stay tensors there, and the tables and the scalars known on the
 host go over in asynchronous copies from pinned memory.
@@ -95,11 +98,18 @@ class TritonState:
         self.scalar_dtype = np.dtype(self.types.scalar)
         self.shapes = [tuple(w.shape) for w in self.weights]
         sizes = [w.numel() for w in self.weights]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        #: each tensor's state starts at a multiple of ``ALIGN`` elements, so the flat buffers'
+        #: blocks are as aligned as the weights'
+        spans = [-(-size // triton_codegen.ALIGN) * triton_codegen.ALIGN for size in sizes]
+        offsets = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
+        self._flat_size = int(sum(spans))
+        self._weights_aligned = all(w.data_ptr() % 16 == 0 for w in self.weights)
+        self._grads_aligned = False
         self.decay_mask = tuple(decay_mask)
         self.sizes, self.offsets = self.table(sizes), self.table(offsets)
         self.decay = self.table(np.array(decay_mask, np.int64))
-        self.weight_table = self.table([w.data_ptr() for w in self.weights])
+        self._weight_list = [w.data_ptr() for w in self.weights]
+        self.weight_table = self.table(self._weight_list)
         #: one flat buffer per role (``state_roles``, the masters included), each Variable a view into it
         self.buffers = {role: self._pack(group, sizes, offsets) for role, group in per_weight}
         chunks = [(t, start) for t, size in enumerate(sizes) for start in range(0, max(size, 1), BLOCK)]
@@ -127,18 +137,24 @@ class TritonState:
         addresses = tuple(addresses)
         if addresses != self._grad_addresses:
             self._grad_table, self._grad_addresses = self.table(addresses), addresses
+            self._grads_aligned = not any(address % 16 for address in addresses)
         return self._grad_table
+
+    def kernel_types(self):
+        """The kernel's static facts for the gradients of this step (aligned or not)."""
+        return self.types._replace(aligned=self._weights_aligned and self._grads_aligned)
 
     def _pack(self, variables, sizes, offsets):
         torch = _torch()
-        flat = torch.zeros(int(sum(sizes)), dtype=variables[0].value.dtype, device=self.device)
+        flat = torch.zeros(self._flat_size, dtype=variables[0].value.dtype, device=self.device)
         for variable, offset, size, shape in zip(variables, offsets, sizes, self.shapes):
             variable._rebind(flat[offset:offset + size].view(shape))
         return flat
 
     def still_bound(self) -> bool:
-        """Whether every Variable among the weights still holds the tensor the kernel writes."""
-        return all(v._value is w for v, w in self._held)
+        """Whether every Variable among the weights still holds the tensor the kernel writes,
+        and every weight still has the storage it had (``p.data = ...`` replaces it)."""
+        return all(v._value is w for v, w in self._held) and [w.data_ptr() for w in self.weights] == self._weight_list
 
     def addresses(self, grads):
         """The gradients' addresses, or None unless each is a plain contiguous tensor of its
@@ -177,7 +193,7 @@ class TritonState:
         statements (summed per chunk, then per tensor: in another order than the reference),
         a tensor on the device."""
         torch = _torch()
-        kernel = triton_codegen.load_sum_squares(call, interpreted(), self.types)
+        kernel = triton_codegen.load_sum_squares(call, interpreted(), self.kernel_types())
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, grad_table, self.sizes, self.offsets,
                               self._chunk_sums, self._scalars(call), *(self.buffers[r] for r in call.roles),
@@ -187,7 +203,7 @@ class TritonState:
 
     def run(self, grad_table, call):
         """One fused step; every scalar is a scalar of the step's dtype."""
-        kernel = triton_codegen.load_update(call, interpreted(), self.types)
+        kernel = triton_codegen.load_update(call, interpreted(), self.kernel_types())
         denominators = self._no_denominators if call.denominators is None else call.denominators
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, self.weight_table, grad_table, self.sizes,
@@ -212,11 +228,12 @@ def _device_ok(device, forced):
     return device.type == "cuda" or (forced and device.type == "cpu" and interpreted())
 
 
-def _prepared(optimizer, plan, forced):
-    """The optimizer's TritonState for its built weights (made now if needed), or None."""
+def _prepared(optimizer, plan, forced, bound=False):
+    """The optimizer's TritonState for its built weights (made now if needed), or None;
+    ``bound``: ``exact_gradients`` found it still bound in this ``apply``."""
     state = optimizer._tier_cache
     decay_mask = tuple(plan.decay_mask) if plan.weight_decay is not None else (False,) * len(plan.decay_mask)
-    if isinstance(state, TritonState) and state.still_bound() and state.decay_mask == decay_mask:
+    if isinstance(state, TritonState) and (bound or state.still_bound()) and state.decay_mask == decay_mask:
         return state
     if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced) or not available():
         return None
@@ -256,7 +273,7 @@ def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> boo
         return False
     if not stages.fusable(plan):
         return False
-    state = _prepared(optimizer, plan, forced)
+    state = _prepared(optimizer, plan, forced, bound=proof is not None)
     return state is not None and takes(state.types, plan) and (proof is not None or state.addresses(grads) is not None)
 
 
