@@ -243,3 +243,28 @@ def test_a_weight_whose_storage_is_replaced_is_stepped_where_it_now_lives(interp
     _, want = run()
     for x, y in zip(want, got):
         np.testing.assert_array_equal(y, x)
+
+
+def test_a_gradient_off_16_byte_alignment_takes_the_kernel_without_alignment_hints(interpreted, monkeypatch):
+    """A contiguous view 4 bytes into its storage is a valid gradient, but its blocks cannot be
+    loaded as 16-byte vectors: that step's kernel has no alignment hints, and the numbers stay."""
+    def run():
+        generator = torch.Generator().manual_seed(13)
+        w = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(triton_fused.BLOCK + 3,), (6,)]]
+        opt = polyak.SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+        aligned = []
+        for step in range(3):
+            grads = [torch.randn(p.shape, generator=generator) for p in w]
+            if step == 1:
+                grads[0] = torch.randn(grads[0].numel() + 1, generator=generator)[1:]
+            opt.apply(grads, w)
+            if db.tier_that_ran(opt) == "triton":
+                aligned.append(opt._tier_cache.kernel_types().aligned)
+        return aligned, [p.detach().numpy().copy() for p in w] + [db.to_numpy(v) for v in opt.variables]
+
+    aligned, got = run()
+    assert aligned == [True, False, True]
+    monkeypatch.delenv("POLYAK_TIER")
+    _, want = run()
+    for x, y in zip(want, got):
+        np.testing.assert_array_equal(y, x)
