@@ -1,7 +1,8 @@
 """The check to run whenever a CUDA GPU is at hand (an H100 or H200): tier parity, then timings.
 
-Installs nothing; assumes PyTorch with CUDA and Triton, and ``pip install --no-deps -e .``
-done. Run from the repository root::
+Installs nothing; assumes PyTorch with CUDA and Triton, and polyak installed
+(``bash benchmarks/gpu_setup.sh``, which also installs the pure-Python wheels carried in
+``.gpu-wheels/`` where their modules are missing). Run from the repository root::
 
     python benchmarks/gpu_check.py [--steps 5] [--repeats 20] [--json benchmarks/results/h100.json]
 
