@@ -37,6 +37,7 @@ Prints a short table of each, last. Exits 1 if any parity line fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -72,7 +73,7 @@ CONFIGS = {
     "master-weights-all": dict(momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=2.0, use_ema=True,
                                ema_overwrite_frequency=4, gradient_accumulation_steps=2, loss_scale_factor=4.0,
                                master_weights=True),
-    # the rate computed on the device by the reference (float32 cos) and on the host by the fused tiers
+    # a schedule: every tier computes its rate from the host count in NumPy (Keras's cos)
     "cosine-schedule": dict(momentum=0.9, learning_rate=polyak.optimizers.schedules.CosineDecay(
         0.1, decay_steps=4, alpha=0.1, warmup_target=0.2, warmup_steps=2)),
 }
@@ -86,11 +87,22 @@ TIERS = {"triton": TRITON_ENV, "foreach": {"POLYAK_TIER": "foreach"}}
 SYNC_CONFIGS = ("momentum", "global-clipnorm", "clipnorm-loss-scale", "all", "cosine-schedule")
 
 
-def run(options, dtype, tier, steps, seed):
-    """``(state after each step, tier that ran last)``; ``tier``: "reference" or a key of TIERS."""
+@contextlib.contextmanager
+def on_tier(tier):
+    """``POLYAK_TIER`` as ``tier`` asks for ("reference" or a key of TIERS), restored after."""
     saved = os.environ.pop("POLYAK_TIER", None)
     os.environ.update(TIERS.get(tier, {}))
     try:
+        yield
+    finally:
+        os.environ.pop("POLYAK_TIER", None)
+        if saved is not None:
+            os.environ["POLYAK_TIER"] = saved
+
+
+def run(options, dtype, tier, steps, seed):
+    """``(state after each step, tier that ran last)``; ``tier``: "reference" or a key of TIERS."""
+    with on_tier(tier):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         weights = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE, dtype)) for s in SHAPES]
         opt = polyak.SGD(**{"learning_rate": 0.05, **options})
@@ -102,10 +114,6 @@ def run(options, dtype, tier, steps, seed):
             opt.apply(grads, weights)
             history.append([w.detach().cpu() for w in weights] + [v.value.detach().cpu() for v in opt.variables])
         return history, opt._last_tier
-    finally:
-        os.environ.pop("POLYAK_TIER", None)
-        if saved is not None:
-            os.environ["POLYAK_TIER"] = saved
 
 
 def compare(want, got, by_norm):
@@ -147,9 +155,7 @@ def sync_free(steps=3):
     rows, failed = [], False
     for name in SYNC_CONFIGS:
         for tier in ("reference", *TIERS):
-            saved = os.environ.pop("POLYAK_TIER", None)
-            os.environ.update(TIERS.get(tier, {}))
-            try:
+            with on_tier(tier):
                 generator = torch.Generator(device="cpu").manual_seed(0)
                 weights = [torch.nn.Parameter(torch.randn(s, generator=generator).to(DEVICE)) for s in SHAPES]
                 grads = [[torch.randn(s, generator=generator).to(DEVICE) for s in SHAPES] for _ in range(2 + steps)]
@@ -170,10 +176,6 @@ def sync_free(steps=3):
                 failed |= verdict != "no sync"
                 rows.append((name, "float32", tier, opt._last_tier, verdict))
                 print(f"sync {name:22} {tier:9} ran {opt._last_tier:10} {verdict}", flush=True)
-            finally:
-                os.environ.pop("POLYAK_TIER", None)
-                if saved is not None:
-                    os.environ["POLYAK_TIER"] = saved
     return rows, failed
 
 
@@ -216,14 +218,10 @@ def polyak_step(workload, tier):
     if workload.exclude_vectors:
         opt.exclude_from_weight_decay(var_list=[p for p in params if p.ndim == 1])
     opt.fused = tier != "reference"
-    env = TIERS.get(tier, {})
 
     def step():
-        os.environ.update(env)
-        try:
+        with on_tier(tier):
             opt.apply(grads, params)
-        finally:
-            os.environ.pop("POLYAK_TIER", None)
 
     step()
     if opt._last_tier != tier:

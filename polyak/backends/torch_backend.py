@@ -36,9 +36,8 @@ class TorchBackend(Backend):
         return isinstance(value, torch.Tensor)
 
     def asarray(self, value, dtype=None):
-        if isinstance(value, (int, float, np.generic)) and not isinstance(value, (bool, np.bool_, complex)) \
-                and np.asarray(value).dtype.kind in "fiu":  # made on the device: no copy from the host
-            number = np.asarray(value)
+        number = np.asarray(value) if isinstance(value, (int, float, np.generic)) else None
+        if number is not None and number.dtype.kind in "fiu":  # made on the device: no copy from the host
             return torch.full((), number.item(), dtype=self.dtype(dtype or number.dtype.name), device=self.device)
         if not isinstance(value, torch.Tensor):
             array = host_array(value, transfer=True)

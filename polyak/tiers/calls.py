@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from polyak.backends.kinds import dtype_name
 from polyak.core.kernel_call import KernelCall
 
 
@@ -45,7 +46,7 @@ class DeviceCast:
 
     def __init__(self, dtype):
         self.dtype = dtype
-        name = str(dtype).removeprefix("torch.")
+        name = dtype_name(dtype)
         self.sixteen_bit = name in ("float16", "bfloat16")
         #: the NumPy dtype a number is held in
         self.numpy_dtype = np.dtype(np.float32 if self.sixteen_bit else name)

@@ -37,6 +37,7 @@ import os
 
 import numpy as np
 
+from polyak.backends.kinds import dtype_name
 from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
@@ -92,7 +93,7 @@ class TritonState:
         self.dtype, self.device = self.weights[0].dtype, self.weights[0].device
         self.device_index = self.weights[0].get_device()  #: -1 on the CPU (the interpreter)
         per_weight = [(role, group) for role, group in per_weight if not all(v is None for v in group)]
-        self.types = triton_codegen.Types(_name(self.dtype), masters=MASTER in dict(per_weight))
+        self.types = triton_codegen.Types(dtype_name(self.dtype), masters=MASTER in dict(per_weight))
         #: what the step computes in (float32 with masters), and the dtype of the scalars' array
         self.compute_dtype = getattr(torch, self.types.compute)
         self.scalar_dtype = np.dtype(self.types.scalar)
@@ -212,10 +213,6 @@ class TritonState:
                               BLOCK=BLOCK, **COMPILE_OPTIONS)
 
 
-def _name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
 def takes(types, plan) -> bool:
     """Whether the kernel for weights of ``types`` steps ``plan`` as the reference does: not
     when it clips a 16-bit gradient by norm (the reference sums its squares in 16 bits; with
@@ -238,7 +235,7 @@ def _prepared(optimizer, plan, forced, bound=False):
     if optimizer._backend.name != "torch" or not _device_ok(optimizer._backend.device, forced) or not available():
         return None
     weights = [params_mod.value_of(v) for v in optimizer._trainable_variables]
-    if not weights or _name(weights[0].dtype) not in _DTYPES or not all(
+    if not weights or dtype_name(weights[0].dtype) not in _DTYPES or not all(
             _plain(w, weights[0].dtype, weights[0].device) for w in weights):
         return None
     if interpreted() and weights[0].dtype is _torch().bfloat16:
@@ -246,7 +243,7 @@ def _prepared(optimizer, plan, forced, bound=False):
     masters = [m for m in optimizer.state_roles.role(MASTER) if m is not None]
     if masters and len(masters) != len(weights):
         return None
-    if not takes(triton_codegen.Types(_name(weights[0].dtype), bool(masters)), plan):
+    if not takes(triton_codegen.Types(dtype_name(weights[0].dtype), bool(masters)), plan):
         return None
     state = TritonState(optimizer._trainable_variables, weights, optimizer.state_roles.per_weight, decay_mask)
     optimizer._tier_cache = state
