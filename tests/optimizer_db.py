@@ -57,8 +57,8 @@ def tier_that_ran(opt):
 def fused_takes(config, backend, dtype, tier="cpu_fused"):
     """Whether the fused tier takes ``config`` on float arrays of ``backend`` and ``dtype``
     when every gradient is present (see ``polyak/tiers/cpu_fused.py``): contiguous
-    float32/float64 NumPy arrays or CPU torch tensors, no ``skip_nonfinite``. (No constraint
-    or ``overwrite_with_gradient`` either: no configuration here sets one.)
+    float32/float64 NumPy arrays or CPU torch tensors (``skip_nonfinite`` too, guarded by the
+    tier). (No constraint or ``overwrite_with_gradient``: no configuration here sets one.)
 
     ``tier="triton"`` (``polyak/tiers/triton_fused.py``): torch tensors of those dtypes, and
     float16/bfloat16 unless a 16-bit gradient is clipped by norm (without master weights, or
@@ -66,10 +66,8 @@ def fused_takes(config, backend, dtype, tier="cpu_fused"):
     options = config.options
     if tier == "triton" and dtype in ("float16", "bfloat16"):
         clips_16_bits = not (options.get("master_weights") and options.get("gradient_accumulation_steps"))
-        return backend == "torch" and not options.get("skip_nonfinite") and not (
-            clips_16_bits and config.clips_by_norm)
-    return (backend in ("numpy", "torch") and dtype in ("float32", "float64")
-            and not options.get("skip_nonfinite"))
+        return backend == "torch" and not (clips_16_bits and config.clips_by_norm)
+    return backend in ("numpy", "torch") and dtype in ("float32", "float64")
 
 
 # --- configurations ----------------------------------------------------------------------------
@@ -273,7 +271,7 @@ def parity_cases():
     The fused kernel's grid on NumPy in both of its dtypes and on torch (a third of it;
     a ninth in float64); the Keras grid's pairwise cover (exclusions, missing gradients,
     which the fused tier leaves to the reference call by call); polyak's own options; and
-    inputs the fused tier must decline (16-bit weights, JAX arrays, ``skip_nonfinite``).
+    inputs the fused tier must decline (16-bit weights, JAX arrays) or guard (``skip_nonfinite``).
     """
     kernel = KERNEL_GRID
     cases = [(c, "numpy", d) for c in kernel for d in ("float32", "float64")]

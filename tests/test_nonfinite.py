@@ -51,7 +51,7 @@ def test_a_skipped_step_changes_nothing_but_the_counter(config, poison, value, w
     """Bad steps among good ones: the run equals the same run without the bad steps."""
     weights, clean = _weights(), _weights()
     guarded = config.with_options(skip_nonfinite=True).optimizer()
-    reference = db.use_tier(config.optimizer(), "reference")  # the guarded step runs the reference tier
+    reference = config.optimizer()  # unguarded: the same tier, so norms are summed in the same order
     for step in range(7):
         if step in (2, 5):
             before = [w.copy() for w in weights] + [v.numpy().copy() for v in guarded.variables]
@@ -67,7 +67,7 @@ def test_a_skipped_step_changes_nothing_but_the_counter(config, poison, value, w
         np.testing.assert_array_equal(a, b)
     assert [v.numpy().tolist() for v in guarded.variables[:-1]] == [v.numpy().tolist() for v in reference.variables]
     assert int(guarded.skipped_steps.numpy()) == 2 and int(guarded.iterations) == int(reference.iterations)
-    assert db.tier_that_ran(guarded) == "reference"
+    assert db.tier_that_ran(guarded) == db.tier_that_ran(reference) == "cpu_fused"
 
 
 def test_the_counter_comes_after_all_of_keras_variables():

@@ -167,6 +167,7 @@ def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
         if kernel["name"].startswith("update"):  # a full block moves 16 bytes per instruction
             assert kernel["vector_loads"] and kernel["vector_stores"], kernel["name"]
     assert any(kernel["divisions"] for kernel in report["kernels"])
+    assert any(kernel["guarded"] for kernel in report["kernels"])  # a guarded step reads its flag
     if dtype in ("float16", "bfloat16"):
         assert {kernel["masters"] for kernel in report["kernels"]} == {False, True}
         rounding = {"float16": "cvt.rn.f16.f32", "bfloat16": "cvt.rn.bf16.f32"}[dtype]

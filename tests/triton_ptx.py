@@ -20,12 +20,13 @@ from triton.compiler import ASTSource
 
 import polyak
 from polyak.core import stages
-from polyak.tiers import calls, triton_codegen, triton_fused
+from polyak.tiers import calls, guards, triton_codegen, triton_fused
 
 #: every statement a stage can give, across the calls of these steps: clipping by norm with
 #: loss scale, decay, Nesterov and an EMA overwrite; accumulation (accumulating, then from the
 #: accumulated gradient) with global clipping; clipping by value; and, for 16-bit weights
-#: (which the tier steps without clipping by norm), all but clipping with accumulation
+#: (which the tier steps without clipping by norm), all but clipping with accumulation; a
+#: guarded step (``skip_nonfinite``: the flag's norm pass, the update gated by the flag)
 CONFIGS = [
     dict(momentum=0.9, nesterov=True, clipnorm=1.0, weight_decay=0.1, use_ema=True, ema_overwrite_frequency=1,
          loss_scale_factor=8.0),
@@ -33,6 +34,7 @@ CONFIGS = [
     dict(momentum=0.0, clipvalue=0.5),
     dict(momentum=0.9, nesterov=True, weight_decay=0.1, use_ema=True, ema_overwrite_frequency=1,
          loss_scale_factor=8.0, gradient_accumulation_steps=2),
+    dict(momentum=0.9, weight_decay=0.1, clipvalue=0.5, loss_scale_factor=8.0, skip_nonfinite=True),
 ]
 TABLES = {"chunk_tensor", "chunk_start", "weight_table", "grad_table", "sizes", "offsets", "decay"}
 ELEMENT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
@@ -58,13 +60,18 @@ def kernels(options, dtype, iteration):
     call = stages.KernelCall(iteration=iteration, stored_learning_rate=np.float32(0.01), xp=np, cast=cast,
                              cast_array=cast, sum_squares=sum_squares)
     stages.kernel_call(opt._plan(), call)
+    if options.get("skip_nonfinite"):
+        types = types._replace(guarded=True)
+        check = guards.check_call(stages.KernelCall(iteration=iteration, stored_learning_rate=None, xp=np, cast=cast,
+                                                    cast_array=cast, sum_squares=sum_squares))
+        sum_squares(check)
     found = [("update", call.key, triton_codegen.load_update(call, False, types))]
     return types, found + [("sum_squares", call.key, k) for k in norms]
 
 
 def ptx(kernel, types):
     scalar = {"scalars": types.scalar, "denominators": types.scalar, "out": "float64"}
-    signature = {name: "constexpr" if name == "BLOCK" else "*i64" if name in TABLES
+    signature = {name: "constexpr" if name == "BLOCK" else "*i64" if name in TABLES else "*i1" if name == "finite"
                  else f"*{ELEMENT[scalar.get(name, types.compute)]}" for name in kernel.arg_names}
     # as Triton specializes a launch on tensors whose addresses are multiples of 16 (fresh allocations)
     aligned = {(k,): [["tt.divisibility", 16]] for k, name in enumerate(kernel.arg_names) if name != "BLOCK"}
@@ -83,6 +90,7 @@ def main(dtype_name):
                 for kind, key, kernel in made:
                     text = ptx(kernel, types)
                     found.append({"name": f"{kind} {key} {types}", "masters": types.masters,
+                                  "guarded": bool(re.search(r"\bld\.global(?:\.\w+)*\.b8", text)) and types.guarded,
                                   "forbidden": sorted(set(FORBIDDEN.findall(text))),
                                   "stores": bool(re.search(r"\bst\.global", text)),
                                   "vector_loads": len(re.findall(r"\bld\.global(?:\.\w+)*\.v[24]\.", text)),

@@ -151,7 +151,7 @@ class LossScale(Stage):
             s.g = [x / bk.scalar(plan.loss_scale_factor, x.dtype) for x in s.g]
 
     def kernel(self, plan, call):
-        if plan.loss_scale_factor:
+        if plan.loss_scale_factor is not None:  # a number, or a LossScaleOptimizer's scale (an array)
             call.add(key="scaled", gradient=("x = x / loss_scale",), scalars={"loss_scale": plan.loss_scale_factor})
 
 
@@ -388,8 +388,8 @@ ORDER = tuple(name for stage in STAGES for name in
 
 def fusable(plan) -> bool:
     """Whether a fused kernel can run the whole step for ``plan`` (the ``skip_nonfinite``
-    guard is not fused)."""
-    return not plan.skip_nonfinite and all(stage.fusable(plan) for stage in STAGES)
+    guard is the tiers', ``polyak.tiers.guards``)."""
+    return all(stage.fusable(plan) for stage in STAGES)
 
 
 def kernel_call(plan, call: KernelCall) -> KernelCall:

@@ -321,13 +321,21 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
             bk = backend_for([params_mod.value_of(v) for v in variables])
             paths = [params_mod.path_of(v, d) for v, d in zip(variables, structure.paths)]
         self._check_writable(bk, variables, paths)
-        proof = tiers.exact_gradients(self, variables, grads) if self.built else None
+        proof = tiers.exact_gradients(self._stepped(), variables, grads) if self.built else None
         if proof is None:
             grads = check_gradients(bk, grads, [params_mod.value_of(v) for v in variables], paths)
         if not self.built:
             self.build(structure.rebuild(variables))
+        self._last_tier = self._run_tier(variables, indices, grads, proof)
+
+    def _stepped(self):
+        """The optimizer whose state a fused tier steps: this one (a wrapper names the one inside)."""
+        return self
+
+    def _run_tier(self, variables, indices, grads, proof):
+        """Run the validated step on the tier ``tiers.select`` picks; returns the tier's name."""
         plan = self._plan()
-        self._last_tier = tiers.select(self, plan, variables, grads, proof).run(self, plan, indices, grads, proof)
+        return tiers.select(self, plan, variables, grads, proof).run(self, plan, indices, grads, proof)
 
     def _check_writable(self, bk, variables, paths):
         """``check_writable``, once for the built weights (until they are rebuilt)."""

@@ -11,7 +11,9 @@ step by every write:
   ``load_own_variables``, checkpoints) sets both;
 * ``assign`` of a device array (the reference step's new count) leaves the host copy unknown,
   unless the writer says what it is (``assign(value, host=n)``);
-* ``advance()`` (the fused tiers) adds one on the device, without a host copy, and to ``host``.
+* ``advance()`` (the fused tiers) adds one on the device, without a host copy, and to ``host``;
+  ``advance(finite)`` (a guarded step) adds one only where ``finite`` holds: a Python bool
+  keeps the host copy, a flag on the device leaves it unknown.
 
 An unknown host copy is read back from the device once, when ``host`` is next asked for.
 The copy serves ``apply`` only: ``stateless_apply`` reads the values it is given.
@@ -51,12 +53,20 @@ class CountVariable(Variable):
         self._host = int(host) if host is not None else _on_host(value)
         return result
 
-    def advance(self):
+    def advance(self, finite=True):
         """Count one more call: ``count + 1`` on the device (no host copy) and on the host,
-        saturating as the backend's ``increment`` does."""
+        saturating as the backend's ``increment`` does. ``finite``: whether the call counts,
+        a Python bool or a boolean flag on the device (see the module)."""
+        if finite is False:
+            return
         known = self._host
-        super().assign(self._backend.increment(self._value))
-        self._host = None if known is None else min(known + 1, int(np.iinfo(np.dtype(self.dtype)).max))
+        bk = self._backend
+        if finite is True:
+            super().assign(bk.increment(self._value))
+            self._host = None if known is None else min(known + 1, int(np.iinfo(np.dtype(self.dtype)).max))
+            return
+        super().assign(bk.cond(finite, lambda: bk.increment(self._value), lambda: self._value))
+        self._host = None
 
     def _move_to(self, backend, dtype=None):
         super()._move_to(backend, dtype)

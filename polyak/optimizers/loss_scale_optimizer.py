@@ -6,11 +6,17 @@ inner optimizer steps; after ``dynamic_growth_steps`` finite steps in a row
 ``s`` doubles. If any gradient holds inf or NaN, nothing of the inner
 optimizer moves (weights, momentum, EMA, accumulators, counters), ``s`` halves
 and the growth counter restarts.
+
+``apply`` runs the guarded step on a fused tier when one takes the inner optimizer's plan
+(:mod:`polyak.tiers.guards`: the flag from the tier's norm pass, the unscaling as the plan's
+loss scale, the scale's update selected on the device by the flag), else the reference step.
 """
 
 from __future__ import annotations
 
-from polyak import serialization, validation
+import dataclasses
+
+from polyak import serialization, tiers, validation
 from polyak.core import nonfinite
 from polyak.optimizers import hyperparameters
 from polyak.optimizers.base import Optimizer
@@ -124,6 +130,26 @@ class LossScaleOptimizer(Optimizer):
         own[position[id(self.step_counter)]] = counter
         own[position[id(self.dynamic_scale)]] = scale
         return params, own + list(inner)
+
+    def _stepped(self):
+        return self.inner_optimizer
+
+    def _run_tier(self, variables, indices, grads, proof):
+        """The inner step on a fused tier, guarded, with the gradients divided by the scale there
+        (the plan's ``loss_scale_factor``); the reference step of ``_step`` where none takes it."""
+        inner = self.inner_optimizer
+        plan = inner._plan()
+        tier = tiers.reference.TIER
+        if not plan.skip_nonfinite:  # the inner optimizer's own guard: its plan stays the reference's
+            plan = dataclasses.replace(plan, skip_nonfinite=True, loss_scale_factor=self.dynamic_scale.value)
+            tier = tiers.select(inner, plan, variables, grads, proof)
+        if tier is tiers.reference.TIER:
+            return tier.run(self, self._plan(), indices, grads)
+        name, finite = tier.run_guarded(inner, plan, indices, grads, proof)
+        counter, scale = self._next_scale(self._backend, finite, self.step_counter.value, self.dynamic_scale.value)
+        self.step_counter.assign(counter)
+        self.dynamic_scale.assign(scale)
+        return name
 
     # --- config --------------------------------------------------------------------------
     def get_config(self):

@@ -15,7 +15,9 @@ decisions derived from it, never Keras's control flow of its own.
 
 :func:`select` runs after ``Optimizer.apply`` has validated every input, as torch.optim's
 single ``_default_to_fused_or_foreach`` does: a tier that cannot take the input is passed
-over, never crashes. ``optimizer.fused = False`` always picks the reference tier.
+over, never crashes. ``optimizer.fused = False`` always picks the reference tier. A step guarded against
+non-finite gradients (``skip_nonfinite``, ``LossScaleOptimizer``) runs on the fused tiers
+too, through :mod:`polyak.tiers.guards`.
 
 For tests, the environment variable ``POLYAK_TIER`` names a tier to try first, on any
 device: ``POLYAK_TIER=triton`` with ``TRITON_INTERPRET=1`` runs the Triton kernel on CPU
@@ -27,9 +29,9 @@ from __future__ import annotations
 
 import os
 
-from polyak.tiers import cpu_fused, foreach, reference, triton_fused
+from polyak.tiers import cpu_fused, foreach, guards, reference, triton_fused
 
-__all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused", "foreach"]
+__all__ = ["select", "exact_gradients", "reference", "cpu_fused", "triton_fused", "foreach", "guards"]
 #: the tiers ``POLYAK_TIER`` may name
 FORCIBLE = {"triton": triton_fused, "foreach": foreach}
 
@@ -46,7 +48,13 @@ def exact_gradients(optimizer, variables, grads):
 
 
 def select(optimizer, plan, variables, grads, proof):
-    """The tier for this validated call of ``optimizer`` with ``plan`` (its ``_plan()``)."""
+    """The tier for this validated call of ``optimizer`` with ``plan`` (its ``_plan()``); a
+    fused tier runs a plan with ``skip_nonfinite`` guarded (``guards.GuardedTier``)."""
+    tier = _select(optimizer, plan, variables, grads, proof)
+    return guards.GuardedTier(tier) if plan.skip_nonfinite and tier is not reference.TIER else tier
+
+
+def _select(optimizer, plan, variables, grads, proof):
     if not optimizer.fused:
         return reference.TIER
     # ``proof`` is the addresses read by the tier whose state the optimizer holds

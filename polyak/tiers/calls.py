@@ -1,8 +1,10 @@
 """How a fused tier fills its :class:`~polyak.core.kernel_call.KernelCall`: on the host, or
 keeping on the device what lives there.
 
-Both take the count from the optimizer's host copy (no device read) and cast every scalar
-to the step's dtype (the weights', or float32 for master weights) before it reaches the kernel:
+Both take the count from the optimizer's host copy and cast every scalar to the step's dtype
+(the weights', or float32 for master weights) before it reaches the kernel. After a step
+guarded on the device (``polyak.tiers.guards``) the host copy is unknown; :func:`device_call`
+then reads the count back only for a plan that decides on it (:func:`needs_count`):
 
 * :func:`host_call` (the CPU tier): the stored rate read as a NumPy scalar, NumPy for the
   norms' arithmetic;
@@ -29,7 +31,7 @@ def host_call(optimizer, dtype, sum_squares) -> KernelCall:
         iteration=np.int64(optimizer._iterations.host),
         stored_learning_rate=None if stored is None else optimizer._backend.to_numpy(stored.value),
         xp=np,
-        cast=lambda value: scalar(value),
+        cast=lambda value: scalar(np.asarray(value)),
         cast_array=lambda values: np.asarray(values).astype(dtype),
         sum_squares=sum_squares,
     )
@@ -62,14 +64,25 @@ class DeviceCast:
         return np.asarray(value).astype(self.numpy_dtype)[()]
 
 
-def device_call(optimizer, dtype, sum_squares) -> KernelCall:
-    """An empty call for ``optimizer``'s step computed in torch ``dtype`` (the weights', or
-    float32 for 16-bit weights with master weights);
-    ``sum_squares(call)`` returns the norm pass's float64 sums as a tensor on the device."""
+def needs_count(optimizer, plan) -> bool:
+    """Whether a step of ``plan`` decides on the iteration count: whether it accumulates, keeps
+    an EMA (its first step, its overwrites) or takes its rate from a schedule or callable."""
+    return bool(plan.gradient_accumulation_steps or plan.use_ema or optimizer.state_roles.learning_rate is None)
+
+
+def device_call(optimizer, plan, dtype, sum_squares) -> KernelCall:
+    """An empty call for ``optimizer``'s step of ``plan`` computed in torch ``dtype`` (the
+    weights', or float32 for 16-bit weights with master weights);
+    ``sum_squares(call)`` returns the norm pass's float64 sums as a tensor on the device.
+    ``iteration`` is None when the host copy of the count is unknown and ``plan`` needs none."""
     stored = optimizer.state_roles.learning_rate
     cast = DeviceCast(dtype)
+    count = optimizer._iterations
+    known = count.known_host
+    if known is None and needs_count(optimizer, plan):
+        known = count.host  # reads the device: once per step after a step guarded there
     return KernelCall(
-        iteration=np.int64(optimizer._iterations.host),
+        iteration=None if known is None else np.int64(known),
         stored_learning_rate=None if stored is None else stored.value,
         xp=optimizer._backend.xp,
         cast=cast,

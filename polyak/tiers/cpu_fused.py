@@ -12,14 +12,16 @@ reached the same way, and the state buffers are shared with torch.
 
 Takes a step when: numba is installed; every weight is a plain, C-contiguous float32 or
 float64 array (or CPU tensor, no subclass) of one dtype; every stage can be fused for the
-plan (no constraint, no ``overwrite_with_gradient``, no ``skip_nonfinite``, a rule with
-per-element statements); every weight is stepped and every gradient is a C-contiguous array
+plan (no constraint, no ``overwrite_with_gradient``, a rule with per-element statements;
+``skip_nonfinite`` and a ``LossScaleOptimizer``'s guard through ``guards``, the flag read from
+the norm pass on the host); every weight is stepped and every gradient is a C-contiguous array
 of its weight's kind, dtype and shape. Anything else takes the reference tier, which gives
 the same numbers.
 
 Numba and the kernels load in a background thread (``polyak.tiers.background``) while the
 reference tier takes the first steps, except with norm clipping, whose norms this tier sums
 in another order: there the first step waits for them, so that no number depends on timing.
+A guarded step also waits: its flag comes from the norm pass.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import background, cpu_codegen, reference
+from polyak.tiers import background, cpu_codegen, guards, reference
 from polyak.tiers.calls import host_call
 
 CHUNK = 1 << 15  #: elements per parallel work item
@@ -186,7 +188,7 @@ def _in_background(plan) -> bool:
     """Whether this plan's kernels compile in the background (``polyak.tiers.background``):
     only where the fused and reference steps are bit-identical, i.e. no norm to sum, so that
     the step at which the fused tier takes over changes no number."""
-    return not (plan.clipnorm or plan.global_clipnorm) and background.enabled()
+    return not (plan.clipnorm or plan.global_clipnorm or plan.skip_nonfinite) and background.enabled()
 
 
 def _numba_ready(optimizer, plan) -> bool:
@@ -234,9 +236,20 @@ def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
 class CpuFusedTier:
     name = "cpu_fused"
 
-    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
-        """One step through the kernel; ``proof``: the gradients' addresses, when already read.
+    def finite(self, optimizer, plan, grads, proof=None) -> bool:
+        """Whether every gradient is finite (see ``guards``), read on the host."""
+        state = _prepared(optimizer, plan, bound=True)
+        addresses = proof if proof is not None else state.addresses(grads)
+        call = guards.check_call(host_call(optimizer, state.dtype, None))
+        with np.errstate(all="ignore"):
+            return bool(np.all(state.sum_squares(addresses, call) == 0))
+
+    def run(self, optimizer, plan, indices, grads, proof=None, finite=True) -> str:
+        """One step through the kernel; ``proof``: the gradients' addresses, when already read;
+        ``finite``: False skips the step (a guarded plan's flag).
         While the kernel compiles in the background, the reference tier takes the step."""
+        if not finite:
+            return self.name
         state = _prepared(optimizer, plan, bound=True)  # ``can_take`` prepared it in this ``apply``
         addresses = proof if proof is not None else state.addresses(grads)
         call = host_call(optimizer, state.dtype, lambda c: state.sum_squares(addresses, c))

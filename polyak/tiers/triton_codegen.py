@@ -59,7 +59,7 @@ _PROGRAM = """    c = tl.program_id(0)
     t = tl.load(chunk_tensor + c)
     start = tl.multiple_of(tl.load(chunk_start + c), BLOCK)
     i = start + tl.arange(0, BLOCK)
-    size = tl.load(sizes + t)
+    size = {size}
     here = tl.multiple_of(tl.load(offsets + t), {align}) + i
     pointer = tl.pointer_type({weight})
     g = {g}
@@ -68,7 +68,7 @@ _PROGRAM = """    c = tl.program_id(0)
 _STEP = """
 
 @triton.jit
-def kernel(chunk_tensor, chunk_start, weight_table, grad_table, sizes, offsets, decay, denominators, scalars{states},
+def kernel(chunk_tensor, chunk_start, weight_table, grad_table, sizes, offsets, decay, denominators, scalars, finite{states},
            BLOCK: tl.constexpr):
 {program}    w = {w}
 {scalars}    if start + BLOCK <= size:
@@ -102,13 +102,16 @@ _BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 class Types(NamedTuple):
     """The static facts of one kernel: the weights' and gradients' dtype (``weight``), whether
-    each weight is stepped through a float32 master copy, and whether every weight's and
+    each weight is stepped through a float32 master copy, whether every weight's and
     gradient's address is a multiple of 16 bytes (then a full block's loads and stores are
-    16-byte vector instructions)."""
+    16-byte vector instructions), and whether the step is guarded by a flag on the device
+    (``guarded``: where ``finite`` is 0, every program takes its tensor as empty and touches
+    no memory)."""
 
     weight: str = "float32"
     masters: bool = False
     aligned: bool = False
+    guarded: bool = False
 
     @property
     def compute(self) -> str:
@@ -263,10 +266,12 @@ def _blocks(block):
                                                                           masked=", mask=mask"))
 
 
-def _program(types):
-    """The program's start: its chunk, tensor and gradient pointer (16-byte aligned if ``types.aligned``)."""
+def _program(types, guarded=False):
+    """The program's start: its chunk, tensor and gradient pointer (16-byte aligned if
+    ``types.aligned``); ``guarded``: the tensor's size is 0 unless the flag ``finite`` is set."""
     g = "tl.load(grad_table + t).to(pointer, bitcast=True)"
-    return _PROGRAM.format(align=ALIGN, weight=_TL[types.weight], g=_hinted(g, types))
+    size = "tl.load(sizes + t) * (tl.load(finite) != 0).to(tl.int64)" if guarded else "tl.load(sizes + t)"
+    return _PROGRAM.format(align=ALIGN, weight=_TL[types.weight], g=_hinted(g, types), size=size)
 
 
 def _hinted(pointer, types):
@@ -297,7 +302,7 @@ def update_source(body, roles, scalars, decays, types=Types()):
                           loads=_role_loads(_reads(texts, roles)), body="".join(f"{line}\n" for line in lines),
                           stores="".join(f"{line}\n" for line in stores))
     return _HEADER + _STEP.format(
-        states=_states(kernel_roles(roles, types)), program=_program(types),
+        states=_states(kernel_roles(roles, types)), program=_program(types, types.guarded),
         w=_hinted("tl.load(weight_table + t).to(pointer, bitcast=True)", types),
         scalars=_scalar_loads(scalars, any("{denominator}" in s for s in texts), decays), **_blocks(block))
 

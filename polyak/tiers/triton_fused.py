@@ -28,6 +28,10 @@ of its weight's dtype, shape and device. With ``TRITON_INTERPRET=1`` and ``POLYA
 (see :mod:`polyak.tiers`) it also takes CPU tensors, through Triton's interpreter: how the
 tests run this kernel without a GPU. Not bfloat16 there: the interpreter holds it as uint16
 and converts float32 to it by truncation, so the reference runs instead.
+
+A guarded step (``skip_nonfinite``, a ``LossScaleOptimizer``: :mod:`polyak.tiers.guards`) adds
+one norm pass for its flag, which stays on the device unless the plan decides on the count:
+the update kernel reads it and stores nothing when a gradient was not finite.
 """
 
 from __future__ import annotations
@@ -41,8 +45,7 @@ from polyak.backends.kinds import dtype_name
 from polyak.core import stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import triton_codegen
-from polyak.tiers import calls
+from polyak.tiers import calls, guards, triton_codegen
 
 BLOCK = 1024  #: elements per program
 NUM_WARPS = 4
@@ -202,13 +205,21 @@ class TritonState:
         totals = torch.zeros(len(self.weights), dtype=torch.float64, device=self.device)
         return totals.index_add_(0, self.chunk_tensor, self._chunk_sums)
 
-    def run(self, grad_table, call):
-        """One fused step; every scalar is a scalar of the step's dtype."""
-        kernel = triton_codegen.load_update(call, interpreted(), self.kernel_types())
+    def finite(self, grad_table, optimizer, plan):
+        """Whether every gradient is finite (see ``guards``): a boolean flag on the device."""
+        call = guards.check_call(calls.device_call(optimizer, plan, self.compute_dtype, None))
+        return (self.sum_squares(grad_table, call) == 0).all()
+
+    def run(self, grad_table, call, finite=None):
+        """One fused step; every scalar is a scalar of the step's dtype. ``finite``: a boolean
+        flag on the device that gates every store (a guarded step), or None."""
+        types = self.kernel_types()._replace(guarded=finite is not None)
+        kernel = triton_codegen.load_update(call, interpreted(), types)
         denominators = self._no_denominators if call.denominators is None else call.denominators
         with self._device():
             kernel[self.grid](self.chunk_tensor, self.chunk_start, self.weight_table, grad_table, self.sizes,
                               self.offsets, self.decay, denominators, self._scalars(call),
+                              self._no_denominators if finite is None else finite,
                               *(self.buffers[r] for r in triton_codegen.kernel_roles(call.roles, self.types)),
                               BLOCK=BLOCK, **COMPILE_OPTIONS)
 
@@ -216,9 +227,14 @@ class TritonState:
 def takes(types, plan) -> bool:
     """Whether the kernel for weights of ``types`` steps ``plan`` as the reference does: not
     when it clips a 16-bit gradient by norm (the reference sums its squares in 16 bits; with
-    master weights and accumulation the gradient it clips is the float32 mean)."""
-    clips_16_bits = types.weight in _SIXTEEN_BIT and not (types.masters and plan.gradient_accumulation_steps)
-    return not (clips_16_bits and (plan.clipnorm or plan.global_clipnorm))
+    master weights and accumulation the gradient it clips is the float32 mean), nor when it
+    divides a 16-bit gradient by a ``LossScaleOptimizer``'s float32 scale (a tensor: whether the
+    reference rounds it to 16 bits first differs between torch's CPU and CUDA kernels)."""
+    sixteen_bit = types.weight in _SIXTEEN_BIT
+    clips_16_bits = sixteen_bit and not (types.masters and plan.gradient_accumulation_steps)
+    scales_16_bits = sixteen_bit and plan.loss_scale_factor is not None and not isinstance(
+        plan.loss_scale_factor, (int, float))
+    return not (clips_16_bits and (plan.clipnorm or plan.global_clipnorm)) and not scales_16_bits
 
 
 def _device_ok(device, forced):
@@ -277,14 +293,24 @@ def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> boo
 class TritonTier:
     name = "triton"
 
-    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+    def finite(self, optimizer, plan, grads, proof=None):
+        """Whether every gradient is finite (see ``guards``): a flag on the device, or read back
+        (a Python bool) when the plan decides on the count, which the host must then know."""
+        state = optimizer._tier_cache
+        flag = state.finite(state.grad_table(proof if proof is not None else state.addresses(grads)), optimizer, plan)
+        return bool(flag) if calls.needs_count(optimizer, plan) else flag
+
+    def run(self, optimizer, plan, indices, grads, proof=None, finite=True) -> str:
+        """One step; ``finite``: False skips it, a flag on the device gates it there."""
+        if finite is False:
+            return self.name
         state = optimizer._tier_cache
         grad_table = state.grad_table(proof if proof is not None else state.addresses(grads))
-        call = calls.device_call(optimizer, state.compute_dtype, lambda c: state.sum_squares(grad_table, c))
+        call = calls.device_call(optimizer, plan, state.compute_dtype, lambda c: state.sum_squares(grad_table, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
-            state.run(grad_table, call)
-        optimizer._iterations.advance()
+            state.run(grad_table, call, None if finite is True else finite)
+        optimizer._iterations.advance(finite)
         return self.name
 
 
