@@ -113,3 +113,17 @@ def test_sixteen_bit_gradients_divided_by_a_loss_scale_take_the_reference(monkey
     opt = polyak.LossScaleOptimizer(polyak.SGD(learning_rate=0.1, momentum=0.9))
     opt.apply([torch.ones(4, dtype=torch.float16)], weights)
     assert opt._last_tier == "reference"
+
+
+def test_the_guarded_steps_benchmark_runs_on_the_fused_tier():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "guarded_steps.py"), "--workloads", "W2",
+                           "--kinds", "numpy", "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(" cpu_fused " in line for line in lines), done.stdout
