@@ -54,10 +54,6 @@ class GuardedTier:
 
 def count_skipped(bk, variable, finite):
     """``variable + 1`` unless ``finite`` (a Python bool, or a flag selected on the device)."""
-    if finite is True:
-        return
-    if finite is False:
-        variable.assign(bk.increment(variable.value))
-        return
-    value = variable.value
-    variable.assign(bk.cond(finite, lambda: value, lambda: bk.increment(value)))
+    if finite is not True:
+        value = variable.value
+        variable.assign(bk.cond(finite, lambda: value, lambda: bk.increment(value)))
