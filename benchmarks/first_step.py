@@ -65,7 +65,7 @@ print({{"import": imported - start, "first": times[0], "ten": sum(times), "last"
 
 def measure(backend, config, cache, mode):
     env = dict(os.environ, POLYAK_KERNEL_CACHE=cache, POLYAK_BACKGROUND_COMPILE="1" if mode == "background" else "0")
-    code = _CHILD.format(root=str(ROOT), backend=backend, config=CONFIGS[config])
+    code = _CHILD.format(root=str(ROOT / "src"), backend=backend, config=CONFIGS[config])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return eval(out.stdout.strip().splitlines()[-1])
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's polyak
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # this checkout's polyak
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

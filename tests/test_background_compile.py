@@ -168,7 +168,7 @@ print(opt._last_tier, float(sum(np.abs(np.asarray(w)).sum() for w in weights)))
 
 def _child(tmp_path, block=""):
     env = dict(os.environ, POLYAK_BACKGROUND_COMPILE="1", POLYAK_KERNEL_CACHE=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), block=block)], env=env,
+    out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT / "src"), block=block)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""

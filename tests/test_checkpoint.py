@@ -136,7 +136,7 @@ def test_resume_in_a_fresh_process_is_bit_for_bit(tmp_path, mode):
     training.train(optimizer, weights, n, n + m)
     polyak.save(tmp_path / "uninterrupted.ckpt", optimizer, weights)
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), TESTS, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, os.path.join(TESTS, "training.py"), str(tmp_path / "at_n.ckpt"), str(n),
                     str(n + m), str(tmp_path / "resumed.ckpt"), mode], check=True, env=env, timeout=60)
     resumed, _ = files.read(str(tmp_path / "resumed.ckpt"))

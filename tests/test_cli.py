@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _polyak(*args, cwd=None):
     """``python -m polyak ARGS`` in a fresh process, importing this checkout's polyak."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "polyak", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)
 

@@ -66,7 +66,7 @@ def _state_in(path):
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
     path = str(tmp_path / "run.ckpt")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH", "")])}
     rng = np.random.default_rng(0)
     started, rounds = time.monotonic(), 0
     while rounds < ROUNDS and time.monotonic() - started < TIME_LIMIT:

@@ -123,7 +123,7 @@ def test_the_guarded_steps_benchmark_runs_on_the_fused_tier():
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "guarded_steps.py"), "--workloads", "W2",
                            "--kinds", "numpy", "--repeats", "1"], capture_output=True, text=True, timeout=300,
-                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and all(" cpu_fused " in line for line in lines), done.stdout

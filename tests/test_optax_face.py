@@ -301,7 +301,7 @@ print(len(jax.devices()), "devices: state sharded like the params")
 
 def test_sharded_params_give_state_sharded_like_them():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -154,7 +154,7 @@ def test_the_dialect():
 def test_the_ptx_for_sm90_has_no_contraction_and_no_approximation(dtype):
     """Every kernel the stages can ask for (``tests/triton_ptx.py``), compiled for sm_90."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_ptx.py"), dtype], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
