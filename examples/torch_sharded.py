@@ -4,7 +4,8 @@ Two gloo processes on 127.0.0.1 each take half of every batch. Each rank keeps t
 the EMA for half of the parameters only. The gradients are reduce-scattered, each rank updates
 its half, and the halves are all-gathered. At the end rank 0 compares the weights with one
 process training on the full batch, and writes two checkpoints: one file per rank (nothing
-gathered), and the unsharded state in polyak.save's format.
+gathered), and the unsharded state in polyak.save's format. Only rank 0 prints (the other's
+state size reaches it by ``gather_object``), so the two processes' lines never interleave.
 
 Run: python examples/torch_sharded.py
 """
@@ -59,7 +60,11 @@ def worker(rank, world_size, port, checkpoint, sharded_dir):
         if rank == 0 and step % 50 == 0:
             print(f"  step {step:4d}  loss on rank 0's half {loss.item():.4f}")
     full_bytes = 2 * 4 * sum(p.numel() for p in params)  # momentum + EMA, float32
-    print(f"  rank {rank}: optimizer state {opt.state_bytes()} bytes of {full_bytes} unsharded")
+    state_bytes = [None] * world_size if rank == 0 else None
+    dist.gather_object(opt.state_bytes(), state_bytes, dst=0)
+    if rank == 0:
+        for other, size in enumerate(state_bytes):
+            print(f"  rank {other}: optimizer state {size} bytes of {full_bytes} unsharded")
     opt.save_sharded(sharded_dir)  # each rank writes its own file; rank 0 adds index.json
     opt.save(checkpoint)
     if rank == 0:

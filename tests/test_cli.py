@@ -51,25 +51,90 @@ def test_bench_help_and_bad_arguments(capsys):
         main(["bench", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for words in ("--workloads", "--contenders", "--repeats", "--device", "--json", "torch fused", "floor"):
+    for words in ("--workloads", "--contenders", "--repeats", "--device", "--json", "--force", "torch-fused", "floor"):
         assert words in out
     assert main(["bench", "--repeats", "0"]) == 2
-    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert "polyak bench: error: --repeats must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
         main(["bench", "--workloads", "W9"])
     assert done.value.code == 2
+
+
+def _bench_parser():
+    from polyak.bench.command import build_parser
+
+    return build_parser()
+
+
+def test_bench_help_shows_every_default_and_no_markup(capsys):
+    options = [a for a in _bench_parser()._actions if a.option_strings and a.dest != "help"]
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert out.count("(default:") == len(options) == 7
+    assert "(default: 15)" in out and "(default: 3)" in out and "(default: cpu)" in out
+    assert "`" not in out and ":class:" not in out and ".. " not in out  # no reStructuredText
+
+
+def test_bench_contender_names_have_no_spaces_and_the_old_names_still_parse():
+    from polyak.bench.contenders import ALIASES, CONTENDERS
+
+    assert all(" " not in name for name in CONTENDERS) and set(ALIASES.values()) <= set(CONTENDERS)
+    parse = _bench_parser().parse_args
+    assert parse(["--contenders", "polyak-numpy", "torch-fused"]).contenders == ["polyak-numpy", "torch-fused"]
+    assert parse([]).contenders == list(CONTENDERS)
+    old = parse(["--contenders", "polyak numpy", "torch fused", "keras (numpy)", "Torch-Fused"]).contenders
+    assert old == ["polyak-numpy", "torch-fused", "keras-numpy", "torch-fused"]
+
+
+def test_bench_refuses_an_unknown_contender(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--contenders", "polyak", "numpy"])
+    assert done.value.code == 2
+    assert "invalid choice: 'polyak'" in capsys.readouterr().err
+
+
+def test_bench_never_overwrites_a_results_file_unless_forced(tmp_path, capsys):
+    tracked = tmp_path / "cpu-2core.json"
+    tracked.write_text('{"the": "record of another run"}')
+    # refused before anything is timed
+    assert main(["bench", "--workloads", "W2", "--contenders", "polyak-numpy", "--json", str(tracked)]) == 2
+    err = capsys.readouterr().err
+    assert "polyak bench: error: --json" in err and "exists" in err and "--force" in err
+    assert tracked.read_text() == '{"the": "record of another run"}'
+
+    quick = ["bench", "--workloads", "W2", "--contenders", "polyak-numpy", "--repeats", "1", "--warmup", "0"]
+    assert main([*quick, "--json", str(tmp_path)]) == 0  # a directory: a new file in it
+    written = [p for p in tmp_path.iterdir() if p != tracked]
+    assert len(written) == 1 and written[0].name.startswith("bench-") and written[0].suffix == ".json"
+    assert f"wrote {written[0]}" in capsys.readouterr().out
+    assert tracked.read_text() == '{"the": "record of another run"}'
+
+    assert main([*quick, "--json", str(tracked), "--force"]) == 0
+    assert json.loads(tracked.read_text())["workloads"][0]["workload"] == "W2"
+
+
+def test_a_results_file_that_appears_during_the_run_is_kept(tmp_path):
+    from polyak.bench import results_file
+
+    path = results_file.target(str(tmp_path / "run.json"))
+    path.write_text("another run's")  # written by a second run meanwhile
+    assert results_file.write({"workloads": []}, path) == tmp_path / "run-1.json"
+    assert path.read_text() == "another run's"
+    assert json.loads((tmp_path / "run-1.json").read_text()) == {"workloads": []}
+    with pytest.raises(results_file.ResultsPathError, match="does not exist"):
+        results_file.target(str(tmp_path / "missing" / "run.json"))
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys):
     report = tmp_path / "bench.json"
     assert main(["bench", "--workloads", "W2", "--contenders", "polyak numpy", "--repeats", "1", "--warmup", "0",
                  "--json", str(report)]) == 0
-    import json
 
     result = json.loads(report.read_text())["workloads"][0]
-    assert result["workload"] == "W2" and result["results"]["polyak numpy"]["ms"] > 0
+    assert result["workload"] == "W2" and result["results"]["polyak-numpy"]["ms"] > 0
     assert result["bandwidth_gb_s"] > 0 and result["floor_ms"] > 0
-    assert "polyak numpy" in capsys.readouterr().out
+    assert "polyak-numpy" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -85,6 +85,9 @@ def test_one_epoch_prints_a_summary(one_epoch):
     text = "\n".join(lines)
     for words in ("test accuracy", "raw weights", "EMA weights", "time per epoch", "steps per second"):
         assert words in text
+    # what depends on the machine is said so
+    assert "alike in every run on this machine; another CPU, BLAS or thread count rounds" in text
+    assert "differently, and training carries that into them" in text
 
 
 def test_the_recipe_decays_kernels_but_not_biases():

@@ -1,1 +1,1 @@
-"""The benchmark harness: ``python -m polyak.bench``."""
+"""The benchmark harness: `polyak bench`, also `python -m polyak.bench`."""

@@ -212,12 +212,30 @@ def keras_sgd(workload, device="cpu"):
     return lambda: opt.apply(grads, variables)
 
 
+#: Names without spaces, so that they pass on a command line unquoted.
 CONTENDERS = {
-    "polyak numpy": polyak_numpy,
-    "polyak torch": polyak_torch,
-    "polyak jax": polyak_jax,
-    "torch foreach": torch_foreach,
-    "torch fused": torch_fused,
+    "polyak-numpy": polyak_numpy,
+    "polyak-torch": polyak_torch,
+    "polyak-jax": polyak_jax,
+    "torch-foreach": torch_foreach,
+    "torch-fused": torch_fused,
     "optax": optax_sgd,
-    "keras (numpy)": keras_sgd,
+    "keras-numpy": keras_sgd,
 }
+
+#: The names the harness used before, still accepted (quoted) by ``contender_name``.
+ALIASES = {
+    "polyak numpy": "polyak-numpy",
+    "polyak torch": "polyak-torch",
+    "polyak jax": "polyak-jax",
+    "torch foreach": "torch-foreach",
+    "torch fused": "torch-fused",
+    "keras (numpy)": "keras-numpy",
+}
+
+
+def contender_name(text: str) -> str:
+    """The contender's name for ``text``: a name of ``CONTENDERS`` or an old alias of one,
+    in any case (an unknown name comes back as given, for the caller to refuse)."""
+    name = text.strip().lower()
+    return ALIASES.get(name, name)

@@ -8,18 +8,18 @@ stream-bandwidth probe takes its turn among them, so the floor (the bytes a
 step must move divided by the median measured bandwidth) is measured under the
 same conditions as the steps. Keras on NumPy, whose full-size temporaries
 disturb its neighbours, is timed alone after them (``SOLO``). Ratios are
-taken within the run: to ``torch fused`` and to that floor.
+taken within the run: to ``torch-fused`` and to that floor.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import statistics
 import time
 import tracemalloc
 
+from polyak.bench import spread
 from polyak.bench.bandwidth import probe_for
 from polyak.bench.contenders import CONTENDERS, Unavailable
 from polyak.bench.workloads import WORKLOADS, bytes_moved
@@ -41,7 +41,7 @@ STREAM = "stream"  #: the bandwidth probe's place among the contenders
 
 #: Timed on their own after the others: Keras on NumPy allocates and frees full-size
 #: temporaries every step (gigabytes on W4), and that churn slows whatever runs next.
-SOLO = {"keras (numpy)"}
+SOLO = {"keras-numpy"}
 
 
 def _time(step, samples):
@@ -75,24 +75,27 @@ def run_workload(workload, contenders, repeats, warmup, probe, log=print, device
     bandwidth = probe.bandwidth(statistics.median(times.pop(STREAM)))
     floor = bytes_moved(workload) / bandwidth
     rows = {}
-    reference = statistics.median(times["torch fused"]) if "torch fused" in times else None
+    reference = statistics.median(times["torch-fused"]) if "torch-fused" in times else None
     for name, samples in times.items():
         median = statistics.median(samples)
         rows[name] = {
             "ms": median * 1e3,
             "vs_torch_fused": median / reference if reference else None,
             "vs_floor": median / floor,
+            "min_ms": min(samples) * 1e3,
+            "max_ms": max(samples) * 1e3,
+            "spread": spread.spread(samples),
         }
-    if "polyak numpy" in steps:
+    if "polyak-numpy" in steps:
         state_bytes = 4 * workload.parameters * (4 if workload.options.get("use_ema") else 3)
-        peak = _peak_step_bytes(steps["polyak numpy"])
-        rows["polyak numpy"]["peak_temporary_bytes"] = peak
-        rows["polyak numpy"]["peak_temporary_vs_state"] = peak / state_bytes
+        peak = _peak_step_bytes(steps["polyak-numpy"])
+        rows["polyak-numpy"]["peak_temporary_bytes"] = peak
+        rows["polyak-numpy"]["peak_temporary_vs_state"] = peak / state_bytes
     steps.clear()
     gc.collect()
     return {"workload": workload.key, "title": workload.title, "parameters": workload.parameters,
             "tensors": len(workload.shapes), "bandwidth_gb_s": bandwidth / 1e9, "floor_ms": floor * 1e3,
-            "results": rows, "unavailable": notes}
+            "results": rows, "noisy": spread.noisy(times), "unavailable": notes}
 
 
 def run(workloads=("W1", "W2", "W3", "W4"), contenders=None, repeats=15, warmup=3, log=print, device="cpu"):
@@ -133,7 +136,7 @@ def format_table(result):
     lines = [f"\n{result['workload']}: {result['title']} — {result['tensors']} tensors, "
              f"{result['parameters'] / 1e6:.1f}M parameters, floor {result['floor_ms']:.2f} ms "
              f"(stream {result['bandwidth_gb_s']:.1f} GB/s)",
-             f"  {'contender':<16}{'ms':>9}{'× torch fused':>15}{'× floor':>10}"]
+             f"  {'contender':<16}{'ms':>9}{'× torch-fused':>15}{'× floor':>10}"]
     for name, row in result["results"].items():
         vs_torch = f"{row['vs_torch_fused']:.2f}" if row["vs_torch_fused"] else "—"
         lines.append(f"  {name:<16}{row['ms']:>9.2f}{vs_torch:>15}{row['vs_floor']:>10.2f}")
@@ -142,9 +145,7 @@ def format_table(result):
                          f"({100 * row['peak_temporary_vs_state']:.1f}% of params + grads + state)")
     for name, why in result["unavailable"].items():
         lines.append(f"  {name:<16}— ({why})")
+    for name, value in result["noisy"].items():
+        row = result["results"][name]
+        lines.append(spread.warning(name, row["min_ms"], row["max_ms"], value))
     return "\n".join(lines)
-
-
-def save(report, path):
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)

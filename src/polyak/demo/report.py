@@ -106,6 +106,16 @@ def plot(path, history, title) -> None:
     fig.savefig(path, dpi=110)
 
 
+def machine_note() -> list[str]:
+    """What in the summary depends on the machine. The matrix products of the model's forward
+    and backward passes round as the CPU's BLAS (or torch's, or XLA's) kernels do, which differs
+    between CPUs and thread counts; training carries those last bits into every later number."""
+    return [
+        "  losses and accuracies: alike in every run on this machine; another CPU, BLAS or thread count rounds",
+        "  the model's matrix products differently, and training carries that into them (timings vary with the load)",
+    ]
+
+
 def summary(history, *, total_epochs, backend, out_files) -> list[str]:
     """The lines printed at the end of a run."""
     last, t = history[-1], timing(history)
@@ -117,5 +127,6 @@ def summary(history, *, total_epochs, backend, out_files) -> list[str]:
         f"  steps per second   {t['training_steps_per_second']:,.0f} training steps (forward, backward, update); "
         f"{t['optimizer_steps_per_second']:,.0f} optimizer steps "
         f"({'jax.jit(opt.stateless_apply)' if backend == 'jax' else 'opt.apply'} alone)",
+        *machine_note(),
         "  wrote " + ", ".join(str(p) for p in out_files),
     ]
