@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
-from polyak import serialization, tiers, validation
+from polyak import arguments, serialization, tiers, validation
 from polyak.backends import NUMPY, backend_for
 from polyak.core.state import LOCAL_SQUARES, StepPlan
 from polyak.core.step import apply_step
@@ -93,7 +93,8 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
-            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+            raise arguments.not_recognized(arguments.face_name(type(self)), kwargs,
+                                           arguments.accepted_keywords(type(self), Optimizer))
         given = dict(weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                      global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
                      ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
@@ -102,6 +103,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         values = hyperparameters.checked(hyperparameters.BASE, given)
         hyperparameters.check_one_clipping(given)
         self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
+        self._named = name is not None  # else ``name`` was made up (and a repr leaves it out)
         learning_rate = self._check_learning_rate(learning_rate)
         self.__dict__.update(values)
 

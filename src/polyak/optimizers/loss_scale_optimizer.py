@@ -160,6 +160,11 @@ class LossScaleOptimizer(Optimizer):
             "dynamic_growth_steps": self.dynamic_growth_steps,
         }
 
+    def _repr_arguments(self):
+        arguments = super()._repr_arguments()
+        del arguments["learning_rate"]  # always 0: the inner optimizer's is the one used
+        return arguments
+
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 
-from polyak import serialization
+from polyak import arguments, reprs, serialization
 from polyak.optimizers import hyperparameters
 from polyak.schedules import LearningRateSchedule
 from polyak.schedules import deserialize as deserialize_schedule
@@ -45,6 +45,26 @@ class StatePersistence:
         elif isinstance(learning_rate, dict):
             config["learning_rate"] = deserialize_schedule(learning_rate, custom_objects)
         return cls(**config)
+
+    def __repr__(self) -> str:
+        """The call that makes this optimizer, with the arguments that are not their default:
+        ``SGD(learning_rate=0.1, momentum=0.9)`` (a schedule or callable rate by its repr)."""
+        return reprs.call_repr(self, self._repr_arguments())
+
+    def _repr_arguments(self) -> dict:
+        """The constructor's keywords and their values now (read from the same-named attributes)."""
+        from polyak.optimizers.base import Optimizer
+
+        values = {}
+        for key in arguments.accepted_keywords(type(self), Optimizer):
+            if key == "learning_rate":
+                lr = self._learning_rate
+                values[key] = reprs.float32(lr.numpy()) if isinstance(lr, Variable) else lr
+            elif key == "name":
+                values[key] = self.name if self._named else None
+            elif key in vars(self):
+                values[key] = vars(self)[key]
+        return values
 
     def _checked_values(self, values, what):
         """``values`` as arrays after checking they match ``variables`` one to one in shape."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polyak import serialization, validation
+from polyak import reprs, serialization, validation
 from polyak.backends import namespace_for
 from polyak.schedules import functions
 from polyak.variable import Variable
@@ -35,6 +35,15 @@ class LearningRateSchedule:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def __repr__(self):
+        """The call that makes this schedule, with the arguments of its config that are not their
+        default: ``ExponentialDecay(initial_learning_rate=0.1, decay_steps=100, decay_rate=0.9)``."""
+        try:
+            config = self.get_config()
+        except NotImplementedError:  # a subclass without a config: Python's repr
+            return object.__repr__(self)
+        return reprs.call_repr(self, config)
 
     def _evaluate(self, function, step, *args):
         xp = namespace_for(step)
