@@ -25,12 +25,16 @@ def _hint(face: str, key: str, accepted: list[str]) -> str | None:
     return f"`{key}`: did you mean `{close[0]}`?" if close else None
 
 
+def hints(face: str, unknown: Iterable[str], accepted: Iterable[str]) -> list[str]:
+    """A sentence for each of the ``unknown`` names that resembles one of ``accepted``."""
+    accepted = list(accepted)
+    return [h for h in (_hint(face, key, accepted) for key in unknown) if h]
+
+
 def not_recognized(face: str, unknown: dict[str, Any], accepted: Iterable[str]) -> ValueError:
     """The error for the keywords ``unknown`` given to ``face`` (``"polyak.SGD"``, ...), which
     takes the keywords ``accepted``."""
-    accepted = list(accepted)
-    hints = [h for h in (_hint(face, key, accepted) for key in unknown) if h]
-    return ValueError(" ".join([f"Argument(s) not recognized: {unknown}.", *hints]))
+    return ValueError(" ".join([f"Argument(s) not recognized: {unknown}.", *hints(face, unknown, accepted)]))
 
 
 def keywords(function: Any) -> list[str]:

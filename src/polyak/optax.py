@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 import polyak
+from polyak import arguments
 from polyak.schedules import LearningRateSchedule
 
 __all__ = ["sgd", "SGDState", "ema_params"]
@@ -74,7 +75,7 @@ class _CountSchedule(LearningRateSchedule):
 def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, exclude_from_weight_decay=None,
         weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
         ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-        gradient_accumulation_steps=None, master_weights=False, skip_nonfinite=False):
+        gradient_accumulation_steps=None, master_weights=False, skip_nonfinite=False, **kwargs):
     """Keras 3's SGD (polyak's) as an optax transformation.
 
     The arguments are :class:`polyak.SGD`'s, with the same math: with velocity
@@ -128,6 +129,8 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
         >>> [round(x, 6) for x in state.momentums["w"].tolist()]
         [-0.1, -0.1]
     """
+    if kwargs:
+        raise arguments.not_recognized("polyak.optax.sgd", kwargs, arguments.keywords(sgd))
     if callable(learning_rate) and not isinstance(learning_rate, LearningRateSchedule):
         learning_rate = _CountSchedule(_step_function(learning_rate))
     if isinstance(exclude_from_weight_decay, str):

@@ -12,10 +12,16 @@ import dataclasses
 
 import torch
 
+from polyak import arguments, reprs
 from polyak.optimizers.sgd import SGD as KerasSGD
+from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.structure import NamedWeights
 from polyak.torch_face import groups as groups_mod
 from polyak.torch_face import state as state_mod
+
+
+STEP_RUNS_EAGERLY = ("polyak.torch.SGD.step runs eagerly, outside the compiled graph: it runs polyak's own "
+                     "tiers (the fused kernel, not a traced copy of it), with the same numbers")
 
 
 class _GroupedSGD(KerasSGD):
@@ -84,7 +90,9 @@ class SGD(torch.optim.Optimizer):
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None,
-                 master_weights=False, skip_nonfinite=False):
+                 master_weights=False, skip_nonfinite=False, **kwargs):
+        if kwargs:
+            raise arguments.not_recognized("polyak.torch.SGD", kwargs, arguments.keywords(SGD.__init__))
         self._config = dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                             use_ema=use_ema, ema_momentum=ema_momentum,
                             ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
@@ -108,6 +116,10 @@ class SGD(torch.optim.Optimizer):
             raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
         index = len(self.param_groups)
         groups_mod.check_keys(param_group, index)
+        if isinstance(param_group.get("params"), (list, tuple)):
+            first = len(self._params())
+            for i, p in enumerate(param_group["params"]):
+                params_mod.check_not_keras(first + i, p[-1] if isinstance(p, tuple) else p)
         group = dict(param_group)
         for key, default in self.defaults.items():
             group.setdefault(key, default)
@@ -196,7 +208,7 @@ class SGD(torch.optim.Optimizer):
         return internal
 
     # --- torch's Optimizer --------------------------------------------------------
-    @torch.compiler.disable
+    @torch.compiler.disable(reason=STEP_RUNS_EAGERLY)
     def step(self, closure=None):
         """One polyak step with the gradients in ``p.grad`` (parameters without one are left
         alone); ``closure`` is called first, under ``enable_grad``, and its loss returned.
@@ -335,6 +347,18 @@ class SGD(torch.optim.Optimizer):
 
     def _checkpoint_loaded(self):
         self._has_state = True
+
+    def __repr__(self):
+        """torch's format (``SGD (``, then ``Parameter Group 0`` and one ``    key: value`` line per
+        option), every group listing all its options: its own and those over all groups."""
+        text = f"{type(self).__name__} ("
+        for i, group in enumerate(self.param_groups):
+            options = dict(self._config, **{k: v for k, v in group.items() if k != "params"})
+            if i in self._schedules:
+                options["lr"] = f"{self._schedules[i]!r} (now {reprs.float32(group['lr'])})"
+            text += f"\nParameter Group {i}\n"
+            text += "".join(f"    {key}: {options[key]}\n" for key in sorted(options))
+        return text + ")"
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
