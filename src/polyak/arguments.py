@@ -3,7 +3,8 @@
 Every face raises the same ``ValueError`` for the same unknown keyword, in Keras's words
 (``Argument(s) not recognized: {...}``), followed by one hint per keyword: the accepted
 name it is closest to, or, for the learning rate's name on the other faces (``lr`` is
-``polyak.torch.SGD``'s, ``learning_rate`` the others'), the name this face takes.
+``polyak.torch.SGD``'s, ``learning_rate`` the others') or a misspelling of it, the name this
+face takes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def _hint(face: str, key: str, accepted: list[str]) -> str | None:
     own = RATE_NAMES.get(face, "learning_rate")
     if key in _OWNER and key != own and own in accepted:
         return f"`{key}`: {face} takes `{own}` (`{key}` is {_OWNER[key]}'s name for it)."
-    close = difflib.get_close_matches(key, accepted, n=1)
-    return f"`{key}`: did you mean `{close[0]}`?" if close else None
+    others = {name: own for name in _OWNER if name != own and own in accepted}  # another face's spelling
+    close = difflib.get_close_matches(key, [*accepted, *others], n=1)
+    return f"`{key}`: did you mean `{others.get(close[0], close[0])}`?" if close else None
 
 
 def hints(face: str, unknown: Iterable[str], accepted: Iterable[str]) -> list[str]:
