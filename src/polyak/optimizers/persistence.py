@@ -59,7 +59,7 @@ class StatePersistence:
 
     def _repr_arguments(self) -> dict[str, Any]:
         """The constructor's keywords and their values now (read from the same-named attributes)."""
-        from polyak.optimizers.base import Optimizer
+        from polyak.optimizers.base import Optimizer  # which imports this module
 
         values = {}
         for key in arguments.accepted_keywords(type(self), Optimizer):

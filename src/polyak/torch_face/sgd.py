@@ -84,6 +84,9 @@ class SGD(torch.optim.Optimizer):
     Groups that differ in rate, momentum, Nesterov or non-zero decay run the reference tier
     (the same numbers, without the fused kernel).
 
+    Another keyword raises :class:`polyak.SGD`'s ``ValueError`` ("Argument(s) not recognized"),
+    with the name it resembles (``learning_rate``: this face's ``lr``).
+
     Example::
 
         >>> import torch
