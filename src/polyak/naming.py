@@ -25,7 +25,12 @@ def auto_name(prefix: str) -> str:
     return prefix if n == 0 else f"{prefix}_{n}"
 
 
-def clear_session():
+def is_auto_name(name: str, prefix: str) -> bool:
+    """Whether ``name`` is one that ``auto_name(prefix)`` makes (``sgd``, ``sgd_3``)."""
+    return re.fullmatch(f"{re.escape(to_snake_case(prefix))}(_[1-9][0-9]*)?", name) is not None
+
+
+def clear_session() -> None:
     """Start every automatic name again: the next ``SGD()`` is ``sgd``, the next
     unnamed ``Variable`` is ``variable`` (Keras's ``clear_session()`` does the same
     to its names). Objects already made keep their names."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,8 @@ import numpy as np
 import optax
 
 import polyak
+from polyak import arguments
+from polyak.annotations import NoOtherKeyword
 from polyak.schedules import LearningRateSchedule
 
 __all__ = ["sgd", "SGDState", "ema_params"]
@@ -71,10 +73,14 @@ class _CountSchedule(LearningRateSchedule):
         return self.schedule(step)
 
 
-def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, exclude_from_weight_decay=None,
-        weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
-        ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-        gradient_accumulation_steps=None, master_weights=False, skip_nonfinite=False):
+def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.01, momentum: float = 0.0,
+        nesterov: bool = False, *, weight_decay: float | None = None,
+        exclude_from_weight_decay: Sequence[str] | None = None, weight_decay_mask: Any = None,
+        clipnorm: float | None = None, clipvalue: float | None = None, global_clipnorm: float | None = None,
+        use_ema: bool = False, ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None, gradient_accumulation_steps: int | None = None,
+        master_weights: bool = False, skip_nonfinite: bool = False,
+        **kwargs: NoOtherKeyword) -> optax.GradientTransformationExtraArgs:
     """Keras 3's SGD (polyak's) as an optax transformation.
 
     The arguments are :class:`polyak.SGD`'s, with the same math: with velocity
@@ -128,6 +134,8 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
         >>> [round(x, 6) for x in state.momentums["w"].tolist()]
         [-0.1, -0.1]
     """
+    if kwargs:
+        raise arguments.not_recognized("polyak.optax.sgd", kwargs, arguments.keywords(sgd))
     if callable(learning_rate) and not isinstance(learning_rate, LearningRateSchedule):
         learning_rate = _CountSchedule(_step_function(learning_rate))
     if isinstance(exclude_from_weight_decay, str):
@@ -177,7 +185,7 @@ def sgd(learning_rate=0.01, momentum=0.0, nesterov=False, *, weight_decay=None, 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def ema_params(state):
+def ema_params(state: Any) -> Any:
     """The moving averages of the weights (``use_ema=True``) as a params tree.
 
     ``state`` is :func:`sgd`'s state, or any state tree that holds exactly one

@@ -12,10 +12,11 @@ import base64
 import marshal
 import types
 import warnings
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+_T = TypeVar("_T")
 _BUILTINS: dict[str, dict[str, type]] = {}  # kind -> {class name (any case): class}
 _REGISTERED: dict[str, Any] = {}  # "package>name" -> class or function
 _BASES: dict[str, type] = {}  # kind -> the class its objects derive from (declared by that class)
@@ -32,7 +33,7 @@ def builtin(kind: str, module: str):
     return decorate
 
 
-def register(package: str = "Custom", name: str | None = None):
+def register(package: str = "Custom", name: str | None = None) -> Callable[[_T], _T]:
     """Register a user class (an optimizer or schedule) or a learning-rate function
     so its configs can be loaded.
 
@@ -46,7 +47,7 @@ def register(package: str = "Custom", name: str | None = None):
             return 0.01
     """
 
-    def decorate(cls):
+    def decorate(cls: Any) -> Any:
         key = f"{package}>{name or cls.__name__}"
         if _REGISTERED.get(key, cls) is not cls:
             raise ValueError(f"`{key}` is already registered to {_REGISTERED[key]!r}.")

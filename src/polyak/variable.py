@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
 from polyak import validation
+from polyak.annotations import Array
 from polyak.backends import backend_for, dtype_name
 from polyak.naming import auto_name
 
@@ -41,7 +44,8 @@ class Variable:
     #: changes, so optimizers can cache what they read from them.
     _settings_version = 0
 
-    def __init__(self, initializer, shape=None, dtype=None, trainable=True, name=None, *, _scope=None):
+    def __init__(self, initializer: Any, shape: Sequence[int] | None = None, dtype: Any = None,
+                 trainable: bool = True, name: str | None = None, *, _scope: str | None = None) -> None:
         name = name if name is not None else auto_name("Variable")
         if not isinstance(name, str) or "/" in name:
             validation.fail("name", name, "a string without '/'")
@@ -75,14 +79,14 @@ class Variable:
 
     # --- reading -------------------------------------------------------------
     @property
-    def value(self):
+    def value(self) -> Array:
         return self._value
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return np.array(self._backend.to_numpy(self._value))
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return tuple(self._value.shape)
 
     @property
@@ -90,42 +94,42 @@ class Variable:
         return dtype_name(self._value.dtype)
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self._name
 
     @property
-    def path(self):
+    def path(self) -> str:
         return self._path
 
     @property
-    def trainable(self):
+    def trainable(self) -> bool:
         return self._trainable
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         self._trainable = bool(value)
 
     @property
-    def constraint(self):
+    def constraint(self) -> Callable[[Array], Array] | None:
         return self._constraint
 
     @constraint.setter
-    def constraint(self, value):
+    def constraint(self, value: Callable[[Array], Array] | None) -> None:
         if value is not None and not callable(value):
             validation.fail("constraint", value, "a callable or None", TypeError)
         self._constraint = value
         self._settings_version += 1
 
     @property
-    def overwrite_with_gradient(self):
+    def overwrite_with_gradient(self) -> bool:
         return self._overwrite_with_gradient
 
     @overwrite_with_gradient.setter
-    def overwrite_with_gradient(self, value):
+    def overwrite_with_gradient(self, value: bool) -> None:
         self._overwrite_with_gradient = validation.boolean("overwrite_with_gradient", value)
         self._settings_version += 1
 
@@ -138,7 +142,7 @@ class Variable:
         self._value = backend.asarray(value, dtype=self.dtype if dtype is None else dtype)
         self._backend = backend
 
-    def assign(self, value):
+    def assign(self, value: Any) -> Array:
         """Set the value (cast to this variable's dtype; the shape must match)."""
         value = self._backend.cast(self._backend.asarray(value), self._value.dtype)
         if tuple(value.shape) != self.shape:
@@ -160,33 +164,33 @@ class Variable:
         storage[...] = self._value
         self._value = storage
 
-    def assign_add(self, value):
+    def assign_add(self, value: Any) -> Array:
         return self.assign(self._value + self._backend.asarray(value))
 
-    def assign_sub(self, value):
+    def assign_sub(self, value: Any) -> Array:
         return self.assign(self._value - self._backend.asarray(value))
 
     # --- behaving like an array ----------------------------------------------
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         value = self.numpy()
         return value if dtype is None else value.astype(dtype)
 
-    def __float__(self):
+    def __float__(self) -> float:
         return float(self.numpy())
 
-    def __int__(self):
+    def __int__(self) -> int:
         return int(self.numpy())
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.numpy())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._value)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Array:
         return self._value[index]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={self.numpy()}>"
 
     def __neg__(self):

@@ -10,10 +10,11 @@ is given; ``apply`` validates everything, then hands the step to the tier that
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
-from polyak import serialization, tiers, validation
+from polyak import arguments, serialization, tiers, validation
 from polyak.backends import NUMPY, backend_for
+from polyak.annotations import Array, LearningRateLike, Weights
 from polyak.core.state import LOCAL_SQUARES, StepPlan
 from polyak.core.step import apply_step
 from polyak.naming import auto_name
@@ -86,14 +87,17 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
     bit); set it to False to always run the reference step.
     """
 
-    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name=None, *, master_weights=False, skip_nonfinite=False,
-                 **kwargs):
+    def __init__(self, learning_rate: LearningRateLike, weight_decay: float | None = None,
+                 clipnorm: float | None = None, clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 use_ema: bool = False, ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None,
+                 loss_scale_factor: float | None = None, gradient_accumulation_steps: int | None = None,
+                 name: str | None = None, *, master_weights: bool = False, skip_nonfinite: bool = False,
+                 **kwargs: Any) -> None:
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
-            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+            raise arguments.not_recognized(arguments.face_name(type(self)), kwargs,
+                                           arguments.accepted_keywords(type(self), Optimizer))
         given = dict(weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                      global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
                      ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
@@ -142,20 +146,20 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
 
     # --- learning rate and counters ------------------------------------------
     @property
-    def iterations(self):
+    def iterations(self) -> Variable | Array:
         """Completed updates: raw calls divided by ``gradient_accumulation_steps``."""
         if self.gradient_accumulation_steps:
             return self._iterations.value // self.gradient_accumulation_steps
         return self._iterations
 
     @property
-    def skipped_steps(self):
+    def skipped_steps(self) -> Variable | None:
         """With ``skip_nonfinite``: the int64 variable counting steps skipped for an
         inf/NaN gradient (calls, not updates, under accumulation). Otherwise None."""
         return self._skipped_steps
 
     @property
-    def variables(self):
+    def variables(self) -> list[Variable]:
         """Optimizer variables in Keras's order: iteration, learning_rate (when a
         float), EMA averages, gradient accumulators, then the rule's slots; with
         ``skip_nonfinite``, ``skipped_steps`` comes last."""
@@ -173,7 +177,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
                           weight_paths=tuple(self._trainable_paths))
 
     # --- building --------------------------------------------------------------
-    def build(self, variables):
+    def build(self, variables: Weights) -> None:
         """Create the optimizer variables for ``variables``: EMA averages, gradient
         accumulators, the rule's slots (``_build_slots``), then polyak's own (master copies).
 
@@ -270,7 +274,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         return not self.skip_nonfinite
 
     # --- applying gradients -------------------------------------------------------
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Array, Any]]) -> Variable:
         """``apply`` on ``(gradient, variable)`` pairs; returns the iteration variable."""
         pairs = list(grads_and_vars)
         if not pairs:
@@ -279,7 +283,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         self.apply(list(grads), list(variables))
         return self._iterations
 
-    def apply(self, grads, trainable_variables=None):
+    def apply(self, grads: Weights, trainable_variables: Weights | None = None) -> None:
         """Update the weights from their gradients.
 
         ``trainable_variables`` builds the optimizer on the first call; later
@@ -350,7 +354,8 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         return (self.built and self._structure.treedef is None and isinstance(variables, (list, tuple))
                 and params_mod.are_the_built(variables, self._trainable_variables))
 
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+    def stateless_apply(self, optimizer_variables: Sequence[Array], grads: Weights,
+                        trainable_variables: Weights) -> tuple[Weights, list[Array]]:
         """``apply`` as a pure function of values: traces under ``jax.jit``.
 
         Args:
@@ -378,7 +383,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         return self._structure.rebuild(new_params), new_values
 
     # --- Keras's per-variable primitives (``assign``, ``assign_add``, ``assign_sub``: custom_rules) ---
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: Array, variable: Any, learning_rate: Array) -> None:
         """Apply the update rule alone (no clipping, decay or EMA) to one built weight.
         A subclass may override it instead of ``_update_rule``, as in Keras (``custom_rules``)."""
         i = self._get_variable_index(variable)
@@ -392,6 +397,6 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         for slot, (value,) in zip(self._slot_variables(), new_slots):
             slot[i].assign(value)
 
-    def scale_loss(self, loss):
+    def scale_loss(self, loss: Array) -> Array:
         """``loss * loss_scale_factor`` (the loss itself when no factor is set)."""
         return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor

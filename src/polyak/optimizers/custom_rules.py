@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from typing import Any
 
 from polyak.core.step import apply_step
 from polyak.optimizers import parameters as params_mod
@@ -115,7 +116,7 @@ class KerasPrimitives:
 
     _bindings = None  #: the :class:`Bindings` of the ``update_step`` calls under way, if any
 
-    def assign(self, variable, value):
+    def assign(self, variable: Any, value: Any) -> None:
         """Set ``variable`` (a Variable or a plain array) to ``value``."""
         value = params_mod.value_of(value)
         bindings = self._bindings
@@ -128,10 +129,10 @@ class KerasPrimitives:
         bindings = self._bindings
         return params_mod.value_of(variable) if bindings is None else bindings.value_of(variable)
 
-    def assign_add(self, variable, value):
+    def assign_add(self, variable: Any, value: Any) -> None:
         self.assign(variable, self._current(variable) + params_mod.value_of(value))
 
-    def assign_sub(self, variable, value):
+    def assign_sub(self, variable: Any, value: Any) -> None:
         self.assign(variable, self._current(variable) - params_mod.value_of(value))
 
     def _get_variable_index(self, variable):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Iterator, Sequence
 
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import AVERAGE
@@ -11,7 +12,7 @@ from polyak.optimizers.state_roles import AVERAGE
 class EmaWeights:
     """Mixin for :class:`polyak.optimizers.Optimizer` (which keeps the averages with ``use_ema``)."""
 
-    def finalize_variable_values(self, var_list):
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
         """With EMA, set the weights in ``var_list`` to their moving averages."""
         if not self.use_ema:
             return
@@ -31,7 +32,7 @@ class EmaWeights:
         return var_list
 
     @contextlib.contextmanager
-    def ema_weights(self, var_list=None):
+    def ema_weights(self, var_list: Sequence[Any] | None = None) -> Iterator[None]:
         """Inside the block the weights hold their moving averages; on leaving it,
         also by an exception, they hold their raw values again, bit for bit.
 

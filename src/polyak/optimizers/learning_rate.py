@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from polyak import validation
+from polyak.annotations import LearningRateLike
 from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
@@ -28,7 +31,7 @@ class LearningRate:
         return rate
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> Any:
         """The current rate: the rate variable, or the schedule at the raw step."""
         lr = self._learning_rate
         if isinstance(lr, LearningRateSchedule):
@@ -38,7 +41,7 @@ class LearningRate:
         return lr()
 
     @learning_rate.setter
-    def learning_rate(self, learning_rate):
+    def learning_rate(self, learning_rate: LearningRateLike) -> None:
         learning_rate = self._check_learning_rate(learning_rate)
         previous = self._learning_rate
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):

@@ -15,11 +15,18 @@ loss scale, the scale's update selected on the device by the flag), else the ref
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Sequence
 
 from polyak import serialization, tiers, validation
+from polyak.annotations import Array, LearningRateLike, Weights
 from polyak.core import nonfinite
 from polyak.optimizers import hyperparameters
 from polyak.optimizers.base import Optimizer
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from polyak.variable import Variable
 
 
 @serialization.builtin("optimizer", "keras.optimizers")
@@ -36,7 +43,8 @@ class LossScaleOptimizer(Optimizer):
     step_counter and dynamic_scale, then the inner optimizer's variables.
     """
 
-    def __init__(self, inner_optimizer, initial_scale=2.0 ** 15, dynamic_growth_steps=2000, name=None, **kwargs):
+    def __init__(self, inner_optimizer: Optimizer, initial_scale: float = 2.0 ** 15, dynamic_growth_steps: int = 2000,
+                 name: str | None = None, **kwargs: Any) -> None:
         if not kwargs.pop("dynamic", True):
             raise ValueError(
                 "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set `loss_scale_factor` "
@@ -63,7 +71,7 @@ class LossScaleOptimizer(Optimizer):
         self.inner_optimizer = inner_optimizer
         self.inner_optimizer.loss_scale_factor = None
 
-    def build(self, var_list):
+    def build(self, var_list: Weights) -> None:
         self.step_counter = self.add_variable((), initializer="zeros", dtype="int64", name="step_counter")
         self.dynamic_scale = self.add_variable((), initializer=self.initial_scale, dtype="float32",
                                                name="dynamic_scale")
@@ -71,28 +79,28 @@ class LossScaleOptimizer(Optimizer):
         super().build(var_list)
 
     @property
-    def variables(self):
+    def variables(self) -> list[Variable]:
         return self._variables + self.inner_optimizer.variables
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> Any:
         return self.inner_optimizer.learning_rate
 
     @learning_rate.setter
-    def learning_rate(self, learning_rate):
+    def learning_rate(self, learning_rate: LearningRateLike) -> None:
         self.inner_optimizer.learning_rate = learning_rate
 
     @property
-    def iterations(self):
+    def iterations(self) -> Variable | Array:
         return self.inner_optimizer.iterations
 
     def _counts_every_call(self):
         return False  # the inner optimizer counts only the finite calls
 
-    def scale_loss(self, loss):
+    def scale_loss(self, loss: Array) -> Array:
         return loss * (self.dynamic_scale.value if self.built else self.initial_scale)
 
-    def finalize_variable_values(self, var_list):
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
 
     # --- the scale's own update -------------------------------------------------------
@@ -152,7 +160,7 @@ class LossScaleOptimizer(Optimizer):
         return name
 
     # --- config --------------------------------------------------------------------------
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "inner_optimizer": serialization.serialize(self.inner_optimizer),
@@ -160,8 +168,13 @@ class LossScaleOptimizer(Optimizer):
             "dynamic_growth_steps": self.dynamic_growth_steps,
         }
 
+    def _repr_arguments(self):
+        arguments = super()._repr_arguments()
+        del arguments["learning_rate"]  # always 0: the inner optimizer's is the one used
+        return arguments
+
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Self:
         config = dict(config)
         inner = serialization.deserialize("optimizer", config.pop("inner_optimizer"), custom_objects)
         return cls(inner, **config)

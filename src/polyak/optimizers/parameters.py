@@ -49,6 +49,7 @@ def check_parameters(parameters, paths=None) -> list:
     paths = [path_of(p, d) for p, d in zip(parameters, paths or range(len(parameters)))]
     values = [value_of(p) for p in parameters]
     for i, (p, value) in enumerate(zip(parameters, values)):
+        check_not_keras(i, p)
         if kind_of(value) is None:
             raise TypeError(
                 f"Trainable variable {i} must be a polyak.Variable or an array. "
@@ -65,6 +66,26 @@ def check_parameters(parameters, paths=None) -> list:
 
         dtensors.check_one_mesh(values, paths)
     return parameters
+
+
+def is_keras_variable(parameter) -> bool:
+    """Whether ``parameter`` is a ``keras.Variable`` (told by its class's module: Keras is not
+    imported for it)."""
+    return any(klass.__module__.split(".")[0] == "keras" for klass in type(parameter).__mro__[:-1])
+
+
+def check_not_keras(index, parameter):
+    """Refuse a ``keras.Variable``, saying what to pass instead (on every face alike)."""
+    if is_keras_variable(parameter):
+        raise TypeError(
+            f"Trainable variable {index} is a Keras variable: polyak.SGD steps polyak.Variables and arrays "
+            "(NumPy arrays, torch tensors, JAX arrays), not keras.Variables. To train a Keras model, use "
+            "keras.optimizers.SGD in `model.fit`, or step the variables' arrays, "
+            "`[v.value for v in model.trainable_variables]`: NumPy arrays and torch tensors are updated in "
+            "place; JAX arrays are not, so call `stateless_apply` and `v.assign` each new value. "
+            f"Received: trainable_variables[{index}] of type {type(parameter).__name__} "
+            f"(from {type(parameter).__module__})"
+        )
 
 
 def _check_leaf(parameter, path):

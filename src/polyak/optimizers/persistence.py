@@ -9,19 +9,25 @@ store written by Keras loads here and the other way round.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Sequence
 
-from polyak import serialization
+from polyak import arguments, naming, reprs, serialization
 from polyak.optimizers import hyperparameters
 from polyak.schedules import LearningRateSchedule
 from polyak.schedules import deserialize as deserialize_schedule
 from polyak.schedules import serialize as serialize_schedule
 from polyak.variable import Variable
 
+if TYPE_CHECKING:
+    from typing import Self
+
+    from polyak.annotations import Array
+
 
 class StatePersistence:
     """Mixin for :class:`polyak.optimizers.Optimizer`."""
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor arguments as a JSON-compatible dict."""
         lr = self._learning_rate
         if isinstance(lr, LearningRateSchedule):
@@ -35,7 +41,7 @@ class StatePersistence:
         return config
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Self:
         """An optimizer from ``get_config()`` output. A schedule or a function as the
         learning rate is loaded only if polyak ships it or it is registered."""
         config = dict(config)
@@ -45,6 +51,26 @@ class StatePersistence:
         elif isinstance(learning_rate, dict):
             config["learning_rate"] = deserialize_schedule(learning_rate, custom_objects)
         return cls(**config)
+
+    def __repr__(self) -> str:
+        """The call that makes this optimizer, with the arguments that are not their default:
+        ``SGD(learning_rate=0.1, momentum=0.9)`` (a schedule or callable rate by its repr)."""
+        return reprs.call_repr(self, self._repr_arguments())
+
+    def _repr_arguments(self) -> dict[str, Any]:
+        """The constructor's keywords and their values now (read from the same-named attributes)."""
+        from polyak.optimizers.base import Optimizer  # which imports this module
+
+        values = {}
+        for key in arguments.accepted_keywords(type(self), Optimizer):
+            if key == "learning_rate":
+                lr = self._learning_rate
+                values[key] = reprs.float32(lr.numpy()) if isinstance(lr, Variable) else lr
+            elif key == "name":
+                values[key] = None if naming.is_auto_name(self.name, type(self).__name__) else self.name
+            elif key in vars(self):
+                values[key] = vars(self)[key]
+        return values
 
     def _checked_values(self, values, what):
         """``values`` as arrays after checking they match ``variables`` one to one in shape."""
@@ -62,7 +88,7 @@ class StatePersistence:
                 )
         return arrays
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[Array]) -> None:
         """Set every optimizer variable from a list of arrays, in ``variables`` order."""
         if not self.built:
             raise ValueError(
@@ -73,12 +99,12 @@ class StatePersistence:
         for variable, value in zip(self.variables, self._checked_values(list(weights), "`weights`")):
             variable.assign(value)
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: MutableMapping[str, Any]) -> None:
         """Write every optimizer variable to ``store[str(i)]`` as a NumPy array."""
         for i, variable in enumerate(self.variables):
             store[str(i)] = variable.numpy()
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Mapping[str, Any]) -> None:
         """Read what ``save_own_variables`` wrote. A store with another variable count is
         skipped with a warning, as Keras does; a shape mismatch raises before any write."""
         if len(store.keys()) != len(self.variables):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from polyak import serialization, validation
+from polyak.annotations import LearningRateLike, NoOtherKeyword
 from polyak.core.momentum import MomentumRule
 from polyak.optimizers.base import Optimizer
 
@@ -38,10 +40,12 @@ class SGD(Optimizer):
             callable. Defaults to 0.01.
         momentum: float in [0, 1]. Defaults to 0.0 (no velocity is kept).
         nesterov: use Nesterov momentum. Defaults to False.
-        **kwargs: the base arguments of :class:`polyak.optimizers.Optimizer`
-            (weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
-            ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-            gradient_accumulation_steps, name), and polyak's ``skip_nonfinite``.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name,
+        master_weights, skip_nonfinite: as :class:`polyak.optimizers.Optimizer`'s.
+
+    Any other keyword raises Keras's ``ValueError`` ("Argument(s) not recognized"), with
+    the accepted name it resembles.
 
     Example::
 
@@ -53,10 +57,12 @@ class SGD(Optimizer):
         array([0.9, 1.9])
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, clipnorm=None,
-                 clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
-                 ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None,
-                 name=None, master_weights=False, **kwargs):
+    def __init__(self, learning_rate: LearningRateLike = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, name: str | None = None,
+                 master_weights: bool = False, skip_nonfinite: bool = False, **kwargs: NoOtherKeyword) -> None:
         momentum = _checked_momentum(momentum)
         nesterov = validation.boolean("nesterov", nesterov)
         super().__init__(
@@ -64,7 +70,7 @@ class SGD(Optimizer):
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps, name=name, master_weights=master_weights,
-            **kwargs,
+            skip_nonfinite=skip_nonfinite, **kwargs,
         )
         self.momentum = momentum
         self.nesterov = nesterov
@@ -86,7 +92,7 @@ class SGD(Optimizer):
         """SGD's rule (:class:`polyak.core.momentum.MomentumRule`), which the fused tiers can also run."""
         return self._rule
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"momentum": self.momentum, "nesterov": self.nesterov})
         return config

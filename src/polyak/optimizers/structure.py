@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from polyak.backends import kind_of
+from polyak.optimizers.parameters import check_not_keras
 from polyak.variable import Variable
 
 
@@ -92,6 +93,8 @@ def flatten(tree, what="trainable_variables"):
         pairs, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Variable))
         if pairs and all(_holds_jax(leaf) for _, leaf in pairs):
             return [leaf for _, leaf in pairs], Structure(len(pairs), [_path_name(p) for p, _ in pairs], treedef)
+        for i, (_, leaf) in enumerate(pairs):
+            check_not_keras(i, leaf)
     if isinstance(tree, dict):
         raise TypeError(
             f"`{what}` must be a list of arrays or polyak.Variables; nested structures (pytrees, such as a dict) "

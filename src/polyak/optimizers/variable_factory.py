@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Iterable, Sequence
 
 from polyak import validation
 from polyak.backends import backend_for
@@ -34,12 +35,14 @@ class VariableFactory:
         return self._track(Variable(bk.cast(value, bk.float32), trainable=False, name=f"{path}_master",
                                     _scope=self.name))
 
-    def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
+    def add_variable(self, shape: Sequence[int], initializer: Any = "zeros", dtype: Any = None,
+                     aggregation: str = "none", layout: Any = None, name: str | None = None) -> Variable:
         """Create and track an optimizer variable (``initializer``: "zeros", "ones", an array or callable)."""
         return self._track(Variable(initializer, shape=shape, dtype=dtype or "float32", trainable=False,
                                     name=name, _scope=self.name))
 
-    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+    def add_variable_from_reference(self, reference_variable: Any, name: str | None = None,
+                                    initializer: Any = "zeros") -> Variable:
         """An optimizer variable shaped like ``reference_variable``, named ``{path}_{name}``."""
         index = self._trainable_variables_indices.get(id(reference_variable))
         path = self._trainable_paths[index] if index is not None else params_mod.path_of(reference_variable,
@@ -56,7 +59,8 @@ class VariableFactory:
         return self._track(Variable(initial, shape=tuple(value.shape), dtype=value.dtype, trainable=False,
                                     name=f"{path}_{name or 'var'}", _scope=self.name))
 
-    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+    def add_optimizer_variables(self, trainable_variables: Iterable[Any], name: str | Sequence[str],
+                                initializer: Any = "zeros") -> Any:
         """One optimizer variable per weight (``None`` for ``overwrite_with_gradient`` weights).
 
         With a list of names, returns a tuple of lists, interleaved per weight as Keras does.
@@ -76,7 +80,8 @@ class VariableFactory:
                 out[k].append(None if skip else self.add_variable_from_reference(v, slot_name, init))
         return out[0] if isinstance(name, str) else out
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    def exclude_from_weight_decay(self, var_list: Iterable[Any] | None = None,
+                                  var_names: Iterable[str] | None = None) -> None:
         """Exclude weights from weight decay: those in ``var_list``, and those whose
         name contains any string of ``var_names`` (a regex search). Call before ``build``."""
         if self.built:

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import warnings
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from polyak.backends import backend_for, dtype_name
 from polyak.optimizers import parameters
 from polyak.optimizers.base import Optimizer
 from polyak.saving import files, names
+
+if TYPE_CHECKING:
+    from polyak.annotations import Path
+    from polyak.torch_face.sgd import SGD as TorchSGD
+
+_Loaded = TypeVar("_Loaded", bound="Optimizer | TorchSGD")
 
 
 class CheckpointMismatch:
@@ -135,7 +142,7 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def save(path, optimizer, variables=None):
+def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] | None = None) -> None:
     """Write ``optimizer`` (config and every variable) and, if given, the weights'
     values to one safetensors file at ``path``, atomically.
 
@@ -260,7 +267,17 @@ def _check_scalars(tensors, path):
         raise ValueError(f"{path!r} holds an invalid learning rate: {rate!r} (it must be finite and >= 0).")
 
 
-def load(path, optimizer=None, variables=None, strict=True):
+@overload
+def load(path: Path, optimizer: None = None, variables: Sequence[Any] | None = None,
+         strict: bool = True) -> Optimizer: ...
+
+
+@overload
+def load(path: Path, optimizer: _Loaded, variables: Sequence[Any] | None = None, strict: bool = True) -> _Loaded: ...
+
+
+def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: Sequence[Any] | None = None,
+         strict: bool = True) -> Optimizer | TorchSGD:
     """Restore a checkpoint written by :func:`save`; returns the optimizer.
 
     Args:
@@ -316,7 +333,7 @@ def load(path, optimizer=None, variables=None, strict=True):
     return target if given is None else given
 
 
-def keras_store(path):
+def keras_store(path: Path) -> dict[str, np.ndarray]:
     """The checkpoint's optimizer variables as Keras's positional store
     (``{"0": iteration, "1": ...}`` in ``variables`` order), for ``load_own_variables``."""
     tensors, metadata = files.read(_check_path(path))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Sequence
+
 import numpy as np
 
-from polyak import serialization, validation
+from polyak import reprs, serialization, validation
 from polyak.backends import namespace_for
 from polyak.schedules import functions
 from polyak.variable import Variable
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from polyak.annotations import Array, Scalar
 
 _MODULE = "keras.optimizers.schedules"
 
@@ -21,20 +28,29 @@ class LearningRateSchedule:
     its raw step count (before gradient accumulation divides it).
     """
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         raise NotImplementedError(
             f"Learning rate schedule '{self.__class__.__name__}' must override `__call__(self, step)`."
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         raise NotImplementedError(
             f"Learning rate schedule '{self.__class__.__name__}' must override `get_config()` "
             "in order to be serializable."
         )
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         return cls(**config)
+
+    def __repr__(self) -> str:
+        """The call that makes this schedule, with the arguments of its config that are not their
+        default: ``ExponentialDecay(initial_learning_rate=0.1, decay_steps=100, decay_rate=0.9)``."""
+        try:
+            config = self.get_config()
+        except NotImplementedError:  # a subclass without a config: Python's repr
+            return object.__repr__(self)
+        return reprs.call_repr(self, config)
 
     def _evaluate(self, function, step, *args):
         xp = namespace_for(step)
@@ -77,7 +93,8 @@ class _RateDecay(LearningRateSchedule):
 
     _function = None  #: one of ``functions``' decays, taking those four arguments
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name=None):
+    def __init__(self, initial_learning_rate: Scalar, decay_steps: float, decay_rate: float, staircase: bool = False,
+                 name: str | None = None) -> None:
         self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("decay_rate", decay_rate)
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
@@ -85,13 +102,13 @@ class _RateDecay(LearningRateSchedule):
         self.staircase = validation.boolean("staircase", staircase)
         self.name = name or type(self).__name__
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         return self._evaluate(
             type(self)._function, step, _rate_now(self.initial_learning_rate), self.decay_steps, self.decay_rate,
             self.staircase,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name,
@@ -104,7 +121,8 @@ class ExponentialDecay(_RateDecay):
 
     _function = staticmethod(functions.exponential_decay)
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+    def __init__(self, initial_learning_rate: Scalar, decay_steps: float, decay_rate: float, staircase: bool = False,
+                 name: str = "ExponentialDecay") -> None:
         super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
 
@@ -112,7 +130,7 @@ class ExponentialDecay(_RateDecay):
 class PiecewiseConstantDecay(LearningRateSchedule):
     """``values[0]`` while ``step <= boundaries[0]``, ..., ``values[-1]`` after ``boundaries[-1]``."""
 
-    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+    def __init__(self, boundaries: Sequence[float], values: Sequence[float], name: str = "PiecewiseConstant") -> None:
         boundaries, values = list(boundaries), list(values)
         if len(boundaries) != len(values) - 1:
             raise ValueError(
@@ -130,10 +148,10 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         self.values = values
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         return self._evaluate(functions.piecewise_constant, step, self.boundaries, self.values)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
 
 
@@ -141,8 +159,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
 class PolynomialDecay(LearningRateSchedule):
     """``(lr0 - end) * (1 - min(step, decay_steps) / decay_steps) ** power + end``; cycles if ``cycle``."""
 
-    def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0, cycle=False,
-                 name="PolynomialDecay"):
+    def __init__(self, initial_learning_rate: Scalar, decay_steps: float, end_learning_rate: float = 0.0001,
+                 power: float = 1.0, cycle: bool = False, name: str = "PolynomialDecay") -> None:
         self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("end_learning_rate", end_learning_rate)
         validation.real("power", power)
@@ -152,13 +170,13 @@ class PolynomialDecay(LearningRateSchedule):
         self.cycle = validation.boolean("cycle", cycle)
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         return self._evaluate(
             functions.polynomial_decay, step, _rate_now(self.initial_learning_rate), self.decay_steps,
             self.end_learning_rate, self.power, self.cycle,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "end_learning_rate": self.end_learning_rate, "power": self.power, "cycle": self.cycle,
@@ -172,7 +190,8 @@ class InverseTimeDecay(_RateDecay):
 
     _function = staticmethod(functions.inverse_time_decay)
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
+    def __init__(self, initial_learning_rate: Scalar, decay_steps: float, decay_rate: float, staircase: bool = False,
+                 name: str = "InverseTimeDecay") -> None:
         super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
 
@@ -181,8 +200,8 @@ class CosineDecay(LearningRateSchedule):
     """Optional linear warmup to ``warmup_target`` over ``warmup_steps``, then cosine decay
     over ``decay_steps`` down to ``alpha`` times the peak (SGDR without restarts)."""
 
-    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay", warmup_target=None,
-                 warmup_steps=0):
+    def __init__(self, initial_learning_rate: Scalar, decay_steps: float, alpha: float = 0.0, name: str = "CosineDecay",
+                 warmup_target: float | None = None, warmup_steps: float = 0) -> None:
         self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("alpha", alpha)
         validation.real("warmup_target", warmup_target, optional=True)
@@ -193,13 +212,13 @@ class CosineDecay(LearningRateSchedule):
         self.warmup_steps = warmup_steps
         self.warmup_target = warmup_target
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         return self._evaluate(
             functions.cosine_decay, step, _rate_now(self.initial_learning_rate), self.decay_steps, self.alpha,
             self.warmup_target, self.warmup_steps,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": _config_value(self.initial_learning_rate), "decay_steps": self.decay_steps,
             "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
@@ -212,8 +231,8 @@ class CosineDecayRestarts(LearningRateSchedule):
     """Cosine decay with warm restarts: period ``i`` lasts ``first_decay_steps * t_mul**i``
     steps and starts at ``initial_learning_rate * m_mul**i``."""
 
-    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
-                 name="SGDRDecay"):
+    def __init__(self, initial_learning_rate: Scalar, first_decay_steps: float, t_mul: float = 2.0, m_mul: float = 1.0,
+                 alpha: float = 0.0, name: str = "SGDRDecay") -> None:
         self.initial_learning_rate = _starting_rate("initial_learning_rate", initial_learning_rate)
         validation.real("t_mul", t_mul, low=0, low_open=True)
         validation.real("m_mul", m_mul)
@@ -224,24 +243,24 @@ class CosineDecayRestarts(LearningRateSchedule):
         self.alpha = alpha
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: Array) -> Array:
         return self._evaluate(
             functions.cosine_decay_restarts, step, _rate_now(self.initial_learning_rate), self.first_decay_steps,
             self._t_mul, self._m_mul, self.alpha,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": _config_value(self.initial_learning_rate), "first_decay_steps": self.first_decay_steps,
             "t_mul": self._t_mul, "m_mul": self._m_mul, "alpha": self.alpha, "name": self.name,
         }
 
 
-def serialize(learning_rate_schedule):
+def serialize(learning_rate_schedule: LearningRateSchedule) -> dict[str, Any]:
     """The Keras-format dict of a schedule."""
     return serialization.serialize(learning_rate_schedule)
 
 
-def deserialize(config, custom_objects=None):
+def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> LearningRateSchedule:
     """A schedule from its Keras-format dict (built-in or registered classes only)."""
     return serialization.deserialize("schedule", config, custom_objects)

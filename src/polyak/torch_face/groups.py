@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from polyak import validation
+from polyak import arguments, validation
 from polyak.core.momentum import MomentumRule
 from polyak.core.state import GroupPlan
 from polyak.schedules import LearningRateSchedule
@@ -34,8 +34,10 @@ def is_schedule(lr) -> bool:
 def check_keys(group, index):
     unknown = sorted(set(group) - KNOWN_KEYS)
     if unknown:
-        raise ValueError(f"Param group {index} has unknown key(s) {unknown}: a group takes `params` and "
-                         f"{', '.join(f'`{k}`' for k in HYPERPARAMETERS)}. Received: keys {sorted(group)}")
+        hints = arguments.hints("polyak.torch.SGD", unknown, ("params", *HYPERPARAMETERS))
+        raise ValueError(" ".join([
+            f"Param group {index} has unknown key(s) {unknown}: a group takes `params` and "
+            f"{', '.join(f'`{k}`' for k in HYPERPARAMETERS)}. Received: keys {sorted(group)}.", *hints]))
 
 
 def _name(index, key):

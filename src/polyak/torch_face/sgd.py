@@ -9,13 +9,30 @@ group, or groups that agree), with Keras's numbers.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 import torch
+from torch.optim.optimizer import ParamsT
 
+from polyak import arguments, reprs
+from polyak.annotations import LearningRateLike, NoOtherKeyword
+from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.sgd import SGD as KerasSGD
 from polyak.optimizers.structure import NamedWeights
 from polyak.torch_face import groups as groups_mod
 from polyak.torch_face import state as state_mod
+
+
+STEP_RUNS_EAGERLY = ("polyak.torch.SGD.step runs eagerly, outside the compiled graph: it runs polyak's own "
+                     "tiers (the fused kernel, not a traced copy of it), with the same numbers")
+_Loss = TypeVar("_Loss")
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _runs_eagerly(function: _Function) -> _Function:
+    """``function`` as a graph break under ``torch.compile``, whose logged reason is
+    ``STEP_RUNS_EAGERLY`` (and whose signature a type checker still sees)."""
+    return cast(_Function, torch.compiler.disable(function, reason=STEP_RUNS_EAGERLY))
 
 
 class _GroupedSGD(KerasSGD):
@@ -67,6 +84,9 @@ class SGD(torch.optim.Optimizer):
     Groups that differ in rate, momentum, Nesterov or non-zero decay run the reference tier
     (the same numbers, without the fused kernel).
 
+    Another keyword raises :class:`polyak.SGD`'s ``ValueError`` ("Argument(s) not recognized"),
+    with the name it resembles (``learning_rate``: this face's ``lr``).
+
     Example::
 
         >>> import torch
@@ -81,10 +101,14 @@ class SGD(torch.optim.Optimizer):
         tensor([-0.1000, -0.1000])
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=None, clipnorm=None,
-                 clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
-                 ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None,
-                 master_weights=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsT, lr: LearningRateLike = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, master_weights: bool = False,
+                 skip_nonfinite: bool = False, **kwargs: NoOtherKeyword) -> None:
+        if kwargs:
+            raise arguments.not_recognized("polyak.torch.SGD", kwargs, arguments.keywords(SGD.__init__))
         self._config = dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                             use_ema=use_ema, ema_momentum=ema_momentum,
                             ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
@@ -101,13 +125,17 @@ class SGD(torch.optim.Optimizer):
         self.state = state_mod.LiveState(self)
 
     # --- groups -------------------------------------------------------------------
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (torch's checks, then the group's hyperparameters'); a group added after
         steps starts with zero state while the others keep theirs."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
         index = len(self.param_groups)
         groups_mod.check_keys(param_group, index)
+        if isinstance(param_group.get("params"), (list, tuple)):
+            first = len(self._params())
+            for i, p in enumerate(param_group["params"]):
+                params_mod.check_not_keras(first + i, p[-1] if isinstance(p, tuple) else p)
         group = dict(param_group)
         for key, default in self.defaults.items():
             group.setdefault(key, default)
@@ -121,7 +149,8 @@ class SGD(torch.optim.Optimizer):
         if self._internal is not None:
             self._prepare()
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    def exclude_from_weight_decay(self, var_list: Iterable[torch.Tensor] | None = None,
+                                  var_names: Iterable[str] | None = None) -> None:
         """No decay for the tensors in ``var_list`` and those whose name (from
         ``named_parameters``) contains a string of ``var_names`` (a regex search), as
         :meth:`polyak.SGD.exclude_from_weight_decay`; call it before the first step."""
@@ -196,8 +225,8 @@ class SGD(torch.optim.Optimizer):
         return internal
 
     # --- torch's Optimizer --------------------------------------------------------
-    @torch.compiler.disable
-    def step(self, closure=None):
+    @_runs_eagerly
+    def step(self, closure: Callable[[], _Loss] | None = None) -> _Loss | None:
         """One polyak step with the gradients in ``p.grad`` (parameters without one are left
         alone); ``closure`` is called first, under ``enable_grad``, and its loss returned.
 
@@ -239,7 +268,7 @@ class SGD(torch.optim.Optimizer):
         return None if self._internal is None else self._internal._last_tier
 
     # --- state_dict ---------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """torch's format: ``{"state": {index: {...}}, "param_groups": [...]}``, the state
         tensors copied (a fused tier's state is a view into a flat buffer)."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
@@ -261,7 +290,7 @@ class SGD(torch.optim.Optimizer):
             result = returned if returned is not None else result
         return result
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load what ``state_dict`` wrote (after checking it matches these parameters, groups and
         configuration: nothing changes otherwise); the trajectory continues where it was."""
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -335,6 +364,18 @@ class SGD(torch.optim.Optimizer):
 
     def _checkpoint_loaded(self):
         self._has_state = True
+
+    def __repr__(self) -> str:
+        """torch's format (``SGD (``, then ``Parameter Group 0`` and one ``    key: value`` line per
+        option), every group listing all its options: its own and those over all groups."""
+        text = f"{type(self).__name__} ("
+        for i, group in enumerate(self.param_groups):
+            options = dict(self._config, **{k: v for k, v in group.items() if k != "params"})
+            if i in self._schedules:
+                options["lr"] = f"{self._schedules[i]!r} (now {reprs.float32(group['lr'])})"
+            text += f"\nParameter Group {i}\n"
+            text += "".join(f"    {key}: {options[key]}\n" for key in sorted(options))
+        return text + ")"
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
