@@ -89,6 +89,9 @@ def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.0
     ``w <- w + momentum * v - lr * g``). Besides them:
 
     Args:
+        momentum, nesterov, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+        ema_momentum, ema_overwrite_frequency, gradient_accumulation_steps, master_weights,
+        skip_nonfinite: as :class:`polyak.SGD`'s, checked as it checks them (``polyak.options``).
         learning_rate: a float, a polyak schedule, or an optax schedule (any
             other callable, called with the step count). Schedules are called
             with the raw count of ``update`` calls, as Keras calls its

@@ -63,12 +63,13 @@ def _momentum(name, value):
     return number
 
 
-def exclusion_pattern(names: Iterable[str] | None, argument: str = "var_names") -> re.Pattern | None:
+def exclusion_pattern(names: Iterable[str] | None, argument: str = "var_names",
+                      each: bool = False) -> re.Pattern | None:
     """The regex that ``exclude_from_weight_decay``'s ``names`` make (None for none), after
-    checking each is a string."""
+    checking each is a string (an error names ``argument``, or with ``each`` its element)."""
     names = list(names or ())
-    for n in names:
-        validation.string(argument, n)
+    for i, n in enumerate(names):
+        validation.string(f"{argument}[{i}]" if each else argument, n)
     return re.compile("|".join(sorted(set(names)))) if names else None
 
 
@@ -78,7 +79,7 @@ def _names_list(name, value):
     if isinstance(value, str):
         raise TypeError(f"`{name}` must be a list of strings. Received: {name}={value!r}")
     value = list(value)
-    exclusion_pattern(value)
+    exclusion_pattern(value, name, each=True)
     return value
 
 
