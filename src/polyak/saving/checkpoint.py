@@ -149,8 +149,9 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
     Args:
         path: the file to write (replaced whole, never partially).
         optimizer: a polyak optimizer (or ``polyak.torch.SGD``: the state it holds, keyed
-            by its parameters' names); its learning rate must be serializable (a float or
-            a schedule, not a bare callable).
+            by its parameters' names, and its class and options, per param group); a polyak
+            optimizer's learning rate must be serializable (a float or a schedule, not a bare
+            callable).
         variables: optionally, weights whose values to store, keyed by path.
 
     Raises ``ValueError``/``TypeError`` before touching the disk if anything

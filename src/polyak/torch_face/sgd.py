@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, TypeVar, cast
 import torch
 from torch.optim.optimizer import ParamsT
 
-from polyak import arguments, options, rates, reprs
+from polyak import arguments, options, rates
 from polyak.annotations import LearningRateLike, NoOtherKeyword
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.sgd import SGD as KerasSGD
@@ -380,14 +380,7 @@ class SGD(torch.optim.Optimizer):
     def __repr__(self) -> str:
         """torch's format (``SGD (``, then ``Parameter Group 0`` and one ``    key: value`` line per
         option), every group listing all its options: its own and those over all groups."""
-        text = f"{type(self).__name__} ("
-        for i, group in enumerate(self.param_groups):
-            options = dict(self._config, **{k: v for k, v in group.items() if k != "params"})
-            if i in self._schedules:
-                options["lr"] = f"{self._schedules[i]!r} (now {reprs.float32(group['lr'])})"
-            text += f"\nParameter Group {i}\n"
-            text += "".join(f"    {key}: {options[key]}\n" for key in sorted(options))
-        return text + ")"
+        return config_mod.describe(self)
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
