@@ -365,12 +365,17 @@ def test_a_two_group_torch_checkpoint_records_the_public_class_and_real_options_
         assert torch.equal(a, b)
 
 
-def test_loading_a_torch_checkpoint_without_an_optimizer_says_to_pass_one_and_changes_nothing(tmp_path):
-    path = tmp_path / "opt.safetensors"
+def _saved_face(path, steps):
+    """A two-group face trained ``steps`` steps, saved at ``path`` with its weights."""
     model = _model()
     opt = _face(model)
-    _train(model, opt, 2)
+    _train(model, opt, steps)
     polyak.save(path, opt, variables=list(model.parameters()))
+
+
+def test_loading_a_torch_checkpoint_without_an_optimizer_says_to_pass_one_and_changes_nothing(tmp_path):
+    path = tmp_path / "opt.safetensors"
+    _saved_face(path, 2)
     other = _model(seed=3)
     before = [p.detach().clone() for p in other.parameters()]
     with pytest.raises(ValueError) as info:
@@ -383,13 +388,25 @@ def test_loading_a_torch_checkpoint_without_an_optimizer_says_to_pass_one_and_ch
 
 def test_an_earlier_torch_checkpoint_naming_the_private_class_gets_the_same_advice(tmp_path):
     path = tmp_path / "old.safetensors"
-    model = _model()
-    opt = _face(model)
-    _train(model, opt, 1)
-    polyak.save(path, opt)
+    _saved_face(path, 1)
     tensors, metadata = files.read(str(path))
     metadata = dict(metadata, config=json.dumps({"module": "polyak.torch_face.sgd", "class_name": "_GroupedSGD",
                                                  "config": {"momentum": 0.9}, "registered_name": None}))
     files.write(str(path), tensors, metadata)
     with pytest.raises(ValueError, match=r"holds the state of a polyak.torch.SGD.*pass it as `optimizer=`"):
         polyak.load(path)
+
+
+def test_optax_refuses_a_schedule_whose_bad_value_is_known_when_traced():
+    """Under ``jax.jit`` a rate computed from the traced count cannot be read; one that is a
+    constant of the trace can, and is refused before the update runs."""
+    import jax.numpy as jnp
+
+    def negative(count):
+        return -0.1
+
+    tx = optax_face.sgd(negative)
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"^`learning_rate` must be finite and >= 0 at every step.*"
+                                         r"Received: learning_rate=-0.1 \(returned by <function .*negative"):
+        tx.update(params, tx.init(params), params)

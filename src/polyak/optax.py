@@ -72,6 +72,9 @@ class _CountSchedule(LearningRateSchedule):
     def __call__(self, step):
         return self.schedule(step)
 
+    def __repr__(self):
+        return repr(self.schedule)
+
 
 def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.01, momentum: float = 0.0,
         nesterov: bool = False, *, weight_decay: float | None = None,
