@@ -269,8 +269,10 @@ def test_bad_input_names_the_group_or_parameter_and_changes_nothing():
         SGD([params[0] * 2])
     with pytest.raises(ValueError, match="more than one parameter group"):
         SGD([{"params": params[:2]}, {"params": params[1:]}])
-    with pytest.raises(ValueError, match=r"param_groups\[0\]\['momentum'\]` must be a float between \[0, 1\]"):
-        SGD(params, momentum=1.5)
+    with pytest.raises(ValueError, match=r"^`momentum` must be a float between \[0, 1\]. Received: momentum=1.5$"):
+        SGD(params, momentum=1.5)  # a keyword is named as it was typed, as polyak.SGD names it
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['momentum'\]` must be a float between \[0, 1\]"):
+        SGD([{"params": params[:1]}, {"params": params[1:], "momentum": 1.5}])
     with pytest.raises(ValueError, match="`ema_momentum` must be <= 1. Received: ema_momentum=1.5"):
         SGD(params, ema_momentum=1.5)
     opt = SGD([{"params": params[:2]}, {"params": params[2:]}], lr=0.1, momentum=0.9)

@@ -13,9 +13,12 @@ import difflib
 import inspect
 from typing import Any, Iterable
 
-#: each face's name for the learning rate
-RATE_NAMES = {"polyak.SGD": "learning_rate", "polyak.optax.sgd": "learning_rate", "polyak.torch.SGD": "lr"}
-_OWNER = {"learning_rate": "polyak.SGD", "lr": "polyak.torch.SGD"}
+from polyak import options
+
+#: each face's name for the learning rate (the options table's)
+RATE_NAMES = {face: options.LEARNING_RATE.name_on(face) for face in options.FACES}
+#: each of those names, and the first face that calls the rate so
+_OWNER = {name: face for face, name in reversed(RATE_NAMES.items())}
 
 
 def _hint(face: str, key: str, accepted: list[str]) -> str | None:

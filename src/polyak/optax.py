@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import polyak
-from polyak import arguments
+from polyak import arguments, options, rates
 from polyak.annotations import NoOtherKeyword
 from polyak.schedules import LearningRateSchedule
 
@@ -72,6 +72,9 @@ class _CountSchedule(LearningRateSchedule):
     def __call__(self, step):
         return self.schedule(step)
 
+    def __repr__(self):
+        return repr(self.schedule)
+
 
 def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.01, momentum: float = 0.0,
         nesterov: bool = False, *, weight_decay: float | None = None,
@@ -89,6 +92,9 @@ def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.0
     ``w <- w + momentum * v - lr * g``). Besides them:
 
     Args:
+        momentum, nesterov, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+        ema_momentum, ema_overwrite_frequency, gradient_accumulation_steps, master_weights,
+        skip_nonfinite: as :class:`polyak.SGD`'s, checked as it checks them (``polyak.options``).
         learning_rate: a float, a polyak schedule, or an optax schedule (any
             other callable, called with the step count). Schedules are called
             with the raw count of ``update`` calls, as Keras calls its
@@ -135,21 +141,22 @@ def sgd(learning_rate: float | LearningRateSchedule | Callable[[Any], Any] = 0.0
         [-0.1, -0.1]
     """
     if kwargs:
-        raise arguments.not_recognized("polyak.optax.sgd", kwargs, arguments.keywords(sgd))
-    if callable(learning_rate) and not isinstance(learning_rate, LearningRateSchedule):
+        raise arguments.not_recognized(options.OPTAX, kwargs, options.names(options.OPTAX))
+    if rates.varies(learning_rate) and not isinstance(learning_rate, LearningRateSchedule):
         learning_rate = _CountSchedule(_step_function(learning_rate))
-    if isinstance(exclude_from_weight_decay, str):
-        raise TypeError("`exclude_from_weight_decay` must be a list of strings. "
-                        f"Received: exclude_from_weight_decay={exclude_from_weight_decay!r}")
-    config = dict(
+    given = dict(
         learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
         ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
         loss_scale_factor=loss_scale_factor, gradient_accumulation_steps=gradient_accumulation_steps,
-        master_weights=master_weights, skip_nonfinite=skip_nonfinite, name="sgd",
+        master_weights=master_weights, skip_nonfinite=skip_nonfinite,
+        exclude_from_weight_decay=exclude_from_weight_decay, weight_decay_mask=weight_decay_mask,
     )
-    excluded_names = [] if exclude_from_weight_decay is None else list(exclude_from_weight_decay)
-    polyak.SGD(**config).exclude_from_weight_decay(var_names=excluded_names)  # Keras's checks, now
+    options.check_one_clipping(given)
+    values = options.checked(options.of_face(options.OPTAX), given, options.OPTAX)  # every check, now
+    excluded_names = values.pop("exclude_from_weight_decay") or []
+    del values["weight_decay_mask"]  # a tree or a function of the params: checked against them at init
+    config = dict(values, name="sgd")
 
     def build(params):
         opt = polyak.SGD(**config)

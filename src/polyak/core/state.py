@@ -62,7 +62,7 @@ class StepPlan:
     """Everything fixed about a step once the optimizer is built.
 
     The hyperparameter fields are named as the optimizer's arguments are
-    (``polyak.optimizers.hyperparameters.STEP``), and copied from it.
+    (``polyak.options.STEP``), and copied from it.
     """
 
     rule: UpdateRule

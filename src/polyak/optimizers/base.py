@@ -12,13 +12,12 @@ from __future__ import annotations
 import warnings
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from polyak import arguments, serialization, tiers, validation
+from polyak import arguments, options, rates, serialization, tiers
 from polyak.backends import NUMPY, backend_for
 from polyak.annotations import Array, LearningRateLike, Weights
 from polyak.core.state import LOCAL_SQUARES, StepPlan
 from polyak.core.step import apply_step
 from polyak.naming import auto_name
-from polyak.optimizers import hyperparameters
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers import custom_rules, stateless_checks
 from polyak.optimizers.ema_weights import EmaWeights
@@ -30,7 +29,6 @@ from polyak.optimizers.pickling import Picklable
 from polyak.optimizers.state_roles import ACCUMULATOR, AVERAGE, MASTER, StateRoles
 from polyak.optimizers.structure import flatten
 from polyak.optimizers.variable_factory import VariableFactory
-from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
 
 
@@ -103,10 +101,10 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
                      ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
                      gradient_accumulation_steps=gradient_accumulation_steps, master_weights=master_weights,
                      skip_nonfinite=skip_nonfinite)
-        values = hyperparameters.checked(hyperparameters.BASE, given)
-        hyperparameters.check_one_clipping(given)
-        self.name = validation.string("name", name, optional=True) or auto_name(type(self).__name__)
-        learning_rate = self._check_learning_rate(learning_rate)
+        values = options.checked(options.BASE, given)
+        options.check_one_clipping(given)
+        self.name = options.NAME.check("name", name) or auto_name(type(self).__name__)
+        learning_rate = options.LEARNING_RATE.check("learning_rate", learning_rate)
         self.__dict__.update(values)
 
         self.built = False
@@ -133,7 +131,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         self._norm_squares = LOCAL_SQUARES
         self._iterations = self._track(CountVariable(0, dtype="int64", name="iteration", trainable=False,
                                                 _scope=self.name))
-        if isinstance(learning_rate, (LearningRateSchedule,)) or callable(learning_rate):
+        if rates.varies(learning_rate):
             self._learning_rate = learning_rate
         else:
             self._learning_rate = self._track(Variable(learning_rate, dtype="float32", name="learning_rate",
@@ -254,7 +252,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
             decay_mask=per_weight.decay_mask,
             constraints=per_weight.constraints,
             squares=self._norm_squares,
-            **{h.name: getattr(self, h.name) for h in hyperparameters.STEP},
+            **{o.name: getattr(self, o.name) for o in options.STEP},
         )
 
     def _step(self, param_values, optimizer_values, grads, host_iteration=None):

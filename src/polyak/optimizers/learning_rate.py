@@ -1,50 +1,31 @@
-"""The learning rate: a float held in an optimizer variable, a schedule of the step, or a callable."""
+"""The learning rate: a float held in an optimizer variable, a schedule of the step, or a callable
+(which is which: :mod:`polyak.rates`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from polyak import validation
+from polyak import options, rates
 from polyak.annotations import LearningRateLike
-from polyak.schedules import LearningRateSchedule
 from polyak.variable import Variable
-
-#: the smallest number that rounds to inf in float32, the dtype the rate is kept in
-_FLOAT32_OVERFLOW = (2 - 2.0**-24) * 2.0**127
 
 
 class LearningRate:
     """Mixin for :class:`polyak.optimizers.Optimizer`: ``learning_rate`` as Keras has it."""
 
-    @staticmethod
-    def _check_learning_rate(learning_rate):
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
-            return learning_rate
-        if not validation.is_real(learning_rate):
-            validation.fail(
-                "learning_rate", learning_rate,
-                "a float, a LearningRateSchedule, or a callable returning the rate", TypeError,
-            )
-        rate = validation.real("learning_rate", learning_rate, low=0)
-        if rate >= _FLOAT32_OVERFLOW:
-            validation.fail("learning_rate", learning_rate, "finite in float32 (the rate's dtype)")
-        return rate
-
     @property
     def learning_rate(self) -> Any:
         """The current rate: the rate variable, or the schedule at the raw step."""
         lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            return lr(self._iterations.value)
         if isinstance(lr, Variable):
             return lr
-        return lr()
+        return rates.value_at(lr, self._iterations.value)
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: LearningRateLike) -> None:
-        learning_rate = self._check_learning_rate(learning_rate)
+        learning_rate = options.LEARNING_RATE.check("learning_rate", learning_rate)
         previous = self._learning_rate
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if rates.varies(learning_rate):
             self._learning_rate = learning_rate
             if isinstance(previous, Variable):
                 self._variables.remove(previous)
@@ -58,10 +39,7 @@ class LearningRate:
             )
 
     def _learning_rate_function(self):
+        """The step's ``learning_rate(iteration, stored)``; a schedule's or callable's value is
+        checked there, before anything is written."""
         lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            return lambda iteration, stored: lr(iteration)
-        if isinstance(lr, Variable):
-            return lambda iteration, stored: stored
-        return lambda iteration, stored: lr()
-
+        return rates.step_function(None if isinstance(lr, Variable) else lr, "learning_rate")

@@ -17,10 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Sequence
 
-from polyak import serialization, tiers, validation
+from polyak import options, serialization, tiers, validation
 from polyak.annotations import Array, LearningRateLike, Weights
 from polyak.core import nonfinite
-from polyak.optimizers import hyperparameters
 from polyak.optimizers.base import Optimizer
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ class LossScaleOptimizer(Optimizer):
                 "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set `loss_scale_factor` "
                 "directly on the `inner_optimizer`."
             )
-        for row in hyperparameters.BASE:
+        for row in options.BASE:
             if row.name in kwargs and kwargs.pop(row.name) != row.default:
                 raise ValueError(
                     f"LossScaleOptimizer does not support `{row.name}`. Instead, set `{row.name}` on the "

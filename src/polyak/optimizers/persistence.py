@@ -11,11 +11,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Sequence
 
-from polyak import arguments, naming, reprs, serialization
-from polyak.optimizers import hyperparameters
-from polyak.schedules import LearningRateSchedule
+from polyak import arguments, naming, options, rates, reprs, serialization
 from polyak.schedules import deserialize as deserialize_schedule
-from polyak.schedules import serialize as serialize_schedule
 from polyak.variable import Variable
 
 if TYPE_CHECKING:
@@ -30,14 +27,8 @@ class StatePersistence:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments as a JSON-compatible dict."""
         lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            learning_rate = serialize_schedule(lr)
-        elif isinstance(lr, Variable):
-            learning_rate = float(lr.numpy())
-        else:  # a callable: a function reference, or a lambda in Keras's form (which is never loaded)
-            learning_rate = serialization.serialize_function(lr)
-        config = {"name": self.name, "learning_rate": learning_rate}
-        config.update(hyperparameters.config_of(hyperparameters.BASE, self))
+        config = {"name": self.name, "learning_rate": rates.config(lr.numpy() if isinstance(lr, Variable) else lr)}
+        config.update(options.config_of(options.BASE, lambda name: getattr(self, name)))
         return config
 
     @classmethod

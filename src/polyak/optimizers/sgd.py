@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from polyak import serialization, validation
+from polyak import options, serialization
 from polyak.annotations import LearningRateLike, NoOtherKeyword
 from polyak.core.momentum import MomentumRule
 from polyak.optimizers.base import Optimizer
-
-
-def _checked_momentum(momentum):
-    """``momentum`` as a float, refused in Keras's words unless a real number in [0, 1]."""
-    requirement = "a float between [0, 1]"
-    if not validation.is_real(momentum):
-        validation.fail("momentum", momentum, requirement, TypeError)
-    try:
-        value = float(momentum)
-    except OverflowError:
-        value = math.inf
-    if not 0 <= value <= 1:  # NaN included
-        validation.fail("momentum", momentum, requirement)
-    return value
 
 
 @serialization.builtin("optimizer", "keras.optimizers")
@@ -63,8 +48,7 @@ class SGD(Optimizer):
                  ema_overwrite_frequency: int | None = None, loss_scale_factor: float | None = None,
                  gradient_accumulation_steps: int | None = None, name: str | None = None,
                  master_weights: bool = False, skip_nonfinite: bool = False, **kwargs: NoOtherKeyword) -> None:
-        momentum = _checked_momentum(momentum)
-        nesterov = validation.boolean("nesterov", nesterov)
+        rule = options.checked(options.RULE, dict(momentum=momentum, nesterov=nesterov))
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
@@ -72,10 +56,10 @@ class SGD(Optimizer):
             gradient_accumulation_steps=gradient_accumulation_steps, name=name, master_weights=master_weights,
             skip_nonfinite=skip_nonfinite, **kwargs,
         )
-        self.momentum = momentum
-        self.nesterov = nesterov
+        self.momentum = rule["momentum"]
+        self.nesterov = rule["nesterov"]
         self.momentums = []
-        self._rule = MomentumRule(momentum, nesterov)
+        self._rule = MomentumRule(self.momentum, self.nesterov)
 
     def _build_slots(self, variables):
         """One ``momentum`` (velocity) per weight when momentum != 0."""
@@ -94,5 +78,5 @@ class SGD(Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"momentum": self.momentum, "nesterov": self.nesterov})
+        config.update(options.config_of(options.RULE, lambda name: getattr(self, name)))
         return config

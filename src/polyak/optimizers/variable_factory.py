@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Sequence
 
-from polyak import validation
+from polyak import options
 from polyak.backends import backend_for
 from polyak.optimizers import parameters as params_mod
 from polyak.variable import Variable
@@ -87,10 +86,7 @@ class VariableFactory:
         if self.built:
             raise ValueError("`exclude_from_weight_decay()` can only be configured before the optimizer is built.")
         self._exclude_ids = frozenset(id(v) for v in (var_list or ()))
-        names = list(var_names or ())
-        for n in names:
-            validation.string("var_names", n)
-        self._exclude_pattern = re.compile("|".join(sorted(set(names)))) if names else None
+        self._exclude_pattern = options.exclusion_pattern(var_names)
 
     def _use_weight_decay(self, variable):
         if id(variable) in self._exclude_ids:

@@ -149,17 +149,19 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
     Args:
         path: the file to write (replaced whole, never partially).
         optimizer: a polyak optimizer (or ``polyak.torch.SGD``: the state it holds, keyed
-            by its parameters' names); its learning rate must be serializable (a float or
-            a schedule, not a bare callable).
+            by its parameters' names, and its class and options, per param group); a polyak
+            optimizer's learning rate must be serializable (a float or a schedule, not a bare
+            callable).
         variables: optionally, weights whose values to store, keyed by path.
 
     Raises ``ValueError``/``TypeError`` before touching the disk if anything
     cannot be saved.
     """
     path = _check_path(path)
-    optimizer = _check_optimizer(optimizer)
+    face, optimizer = optimizer, _check_optimizer(optimizer)
     variables = _check_weights(variables, "variables")
-    config = serialization.serialize(optimizer)
+    own_config = getattr(face, "_checkpoint_config", None)  # a face records its own class and options
+    config = own_config() if callable(own_config) else serialization.serialize(optimizer)
     try:
         config_json = json.dumps(config, default=_json_default)
     except (TypeError, ValueError) as error:
@@ -203,8 +205,32 @@ def _stored_layout(tensors, metadata, path):
     return optimizer_keys, weight_keys
 
 
+#: the module a ``polyak.torch.SGD``'s config names (``polyak.torch_face.config``)
+TORCH_FACE = "polyak.torch"
+#: the class that earlier checkpoints of that face named (the private optimizer inside it)
+_EARLIER_TORCH_FACE = "_GroupedSGD"
+
+
+def _refuse_torch_face(config, path):
+    """A ``polyak.torch.SGD``'s param groups hold the parameters, which a file does not: refuse
+    to make one from its config, saying what to pass instead."""
+    if not isinstance(config, dict) or (config.get("module") != TORCH_FACE
+                                        and config.get("class_name") != _EARLIER_TORCH_FACE):
+        return
+    inner = config.get("config")
+    groups = inner.get("param_groups") if isinstance(inner, dict) else None
+    count = f" with {len(groups)} param group{'s' * (len(groups) != 1)}" if isinstance(groups, list) else ""
+    raise ValueError(
+        f"{path!r} holds the state of a polyak.torch.SGD{count}, whose param groups hold the parameters "
+        "themselves, which a checkpoint does not. Make the optimizer on the parameters as it was made, then "
+        "pass it as `optimizer=`: `polyak.load(path, optimizer=polyak.torch.SGD(model.named_parameters(), "
+        "...), variables=...)`."
+    )
+
+
 def _optimizer_from_config(metadata, path):
     config = _json_field(metadata, "config", path)
+    _refuse_torch_face(config, path)
     return serialization.deserialize("optimizer", config)
 
 
@@ -285,7 +311,8 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
         optimizer: the optimizer to restore into: its hyperparameters are kept
             and its variables loaded (a float learning rate is one, as in Keras).
             None: a new one is made from the stored config; only polyak's and
-            registered classes can be made. A ``polyak.torch.SGD`` takes the state
+            registered classes can be made (not a ``polyak.torch.SGD``, whose param groups
+            hold the parameters: a ``ValueError`` says to pass it). A ``polyak.torch.SGD`` takes the state
             and keeps its param groups (torch's ``state_dict`` carries those).
         variables: the weights. An unbuilt optimizer is built on them; if the
             file holds weight values, they are loaded into them by path.

@@ -16,69 +16,52 @@ from __future__ import annotations
 
 import torch
 
-from polyak import arguments, validation
+from polyak import arguments, options, rates, validation
 from polyak.core.momentum import MomentumRule
 from polyak.core.state import GroupPlan
-from polyak.schedules import LearningRateSchedule
 
-HYPERPARAMETERS = ("lr", "momentum", "nesterov", "weight_decay")
+#: each group's own options (the table's per-group rows), by this face's names
+HYPERPARAMETERS = tuple(o.name_on(options.TORCH) for o in options.PER_GROUP)
 #: what a group may hold when given: its own hyperparameters, and the keys torch itself writes
 KNOWN_KEYS = frozenset(("params", "param_names", "initial_lr", *HYPERPARAMETERS))
-
-
-def is_schedule(lr) -> bool:
-    """A polyak schedule or a zero-argument callable (Keras's two non-float rates)."""
-    return isinstance(lr, LearningRateSchedule) or (callable(lr) and not isinstance(lr, torch.Tensor))
 
 
 def check_keys(group, index):
     unknown = sorted(set(group) - KNOWN_KEYS)
     if unknown:
-        hints = arguments.hints("polyak.torch.SGD", unknown, ("params", *HYPERPARAMETERS))
+        hints = arguments.hints(options.TORCH, unknown, ("params", *HYPERPARAMETERS))
         raise ValueError(" ".join([
             f"Param group {index} has unknown key(s) {unknown}: a group takes `params` and "
             f"{', '.join(f'`{k}`' for k in HYPERPARAMETERS)}. Received: keys {sorted(group)}.", *hints]))
 
 
-def _name(index, key):
+def name(index, key):
+    """How an error names a group's option: ``param_groups[1]['lr']``."""
     return f"param_groups[{index}]['{key}']"
 
 
-def checked_rate(index, lr):
-    """``lr`` as a finite float >= 0 (a 0-d tensor is read); the error names the group."""
-    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-        lr = lr.item()
-    if not validation.is_real(lr):
-        validation.fail(_name(index, "lr"), lr, "a float >= 0, a polyak schedule or a callable", TypeError)
-    return validation.real(_name(index, "lr"), lr, low=0)
-
-
-def checked_momentum(index, momentum):
-    name = _name(index, "momentum")
-    if not validation.is_real(momentum):
-        validation.fail(name, momentum, "a float between [0, 1]", TypeError)
-    value = float(momentum)
-    if not 0 <= value <= 1:  # NaN included
-        validation.fail(name, momentum, "a float between [0, 1]")
-    return value
-
-
 def checked(group, index, schedule=None):
-    """``(rate, momentum, nesterov, weight_decay)`` of ``group``: ``rate`` its schedule when it
-    has one, else its ``lr`` as a float; ``weight_decay`` None when the group does not decay."""
-    rate = schedule if schedule is not None else checked_rate(index, group["lr"])
-    momentum = checked_momentum(index, group["momentum"])
-    nesterov = validation.boolean(_name(index, "nesterov"), group["nesterov"])
-    decay = validation.real(_name(index, "weight_decay"), group["weight_decay"], low=0, optional=True)
-    return rate, momentum, nesterov, (decay or None)
+    """``(rate, momentum, nesterov, weight_decay)`` of ``group``, by the options table's checks:
+    ``rate`` its schedule when it has one, else its ``lr`` as a float (a one-element tensor is
+    read); ``weight_decay`` None when the group does not decay."""
+    values = {key: group[key] for key in HYPERPARAMETERS}
+    lr = values["lr"]
+    if schedule is not None:
+        values["lr"] = schedule
+    elif isinstance(lr, torch.Tensor) and lr.numel() == 1:
+        values["lr"] = lr.item()
+    elif rates.varies(lr):  # set into the group after it was added: the face would not report it
+        validation.fail(name(index, "lr"), lr, "a float >= 0 (a schedule or callable rate is given to the "
+                        "constructor or to `add_param_group`)", TypeError)
+    out = options.checked(options.PER_GROUP, values, options.TORCH, lambda key: name(index, key))
+    return out["learning_rate"], out["momentum"], out["nesterov"], (out["weight_decay"] or None)
 
 
-def rate_function(rate, device):
-    """``learning_rate(iteration, stored)`` for a group's own rate (float32, as Keras stores it)."""
-    if isinstance(rate, LearningRateSchedule):
-        return lambda iteration, stored: rate(iteration)
-    if callable(rate):
-        return lambda iteration, stored: rate()
+def rate_function(rate, device, index):
+    """``learning_rate(iteration, stored)`` for group ``index``'s own rate (float32, as Keras
+    stores it); a schedule's or callable's value is checked at the step."""
+    if rates.varies(rate):
+        return rates.step_function(rate, name(index, "lr"))
     value = torch.full((), rate, dtype=torch.float32, device=device)  # no copy from the host
     return lambda iteration, stored: value
 
@@ -90,23 +73,23 @@ def descent(values, sizes, has_slots, device, decay_mask):
     Returns ``(fields, stored_rate)``: ``stored_rate`` is the float to write into the
     optimizer's stored rate before the step (None when the plan does not read it)."""
     group_of = tuple(k for k, size in enumerate(sizes) for _ in range(size))
-    rates = {("schedule", id(r)) if is_schedule(r) else ("float", r) for r, _, _, _ in values}
+    kinds = {("schedule", id(r)) if rates.varies(r) else ("float", r) for r, _, _, _ in values}
     shared = {(m, n) for _, m, n, _ in values}
     decays = {d for _, _, _, d in values if d is not None}
-    if len(rates) == 1 and len(shared) == 1 and len(decays) <= 1 and not (has_slots and values[0][1] == 0):
+    if len(kinds) == 1 and len(shared) == 1 and len(decays) <= 1 and not (has_slots and values[0][1] == 0):
         rate, momentum, nesterov, _ = values[0]
         fields = dict(rule=MomentumRule(momentum, nesterov), weight_decay=next(iter(decays), None),
                       decay_mask=tuple(values[k][3] is not None and decays for k, decays in zip(group_of, decay_mask)))
-        if is_schedule(rate):
-            fields["learning_rate"] = rate_function(rate, device)
+        if rates.varies(rate):
+            fields["learning_rate"] = rate_function(rate, device, 0)
             return fields, None
         return fields, rate
-    groups = tuple(GroupPlan(learning_rate=rate_function(r, device), rule=MomentumRule(m, n), weight_decay=d)
-                   for r, m, n, d in values)
+    groups = tuple(GroupPlan(learning_rate=rate_function(r, device, k), rule=MomentumRule(m, n), weight_decay=d)
+                   for k, (r, m, n, d) in enumerate(values))
     return dict(groups=groups, group_of=group_of, decay_mask=tuple(decay_mask)), None
 
 
 def current_rate(rate, iteration):
     """What ``group["lr"]`` reports for a schedule or callable: its value now, as a float."""
-    value = rate(iteration) if isinstance(rate, LearningRateSchedule) else rate()
+    value = rates.value_at(rate, iteration)
     return float(value.item() if hasattr(value, "item") else value)

@@ -14,11 +14,12 @@ from typing import Any, Callable, Iterable, TypeVar, cast
 import torch
 from torch.optim.optimizer import ParamsT
 
-from polyak import arguments, reprs
+from polyak import arguments, options, rates
 from polyak.annotations import LearningRateLike, NoOtherKeyword
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.sgd import SGD as KerasSGD
 from polyak.optimizers.structure import NamedWeights
+from polyak.torch_face import config as config_mod
 from polyak.torch_face import groups as groups_mod
 from polyak.torch_face import state as state_mod
 
@@ -51,6 +52,9 @@ class _GroupedSGD(KerasSGD):
 
 
 _NO_DESCENT = (None, None, None)
+#: a non-zero momentum that makes the private optimizer keep a velocity per weight; the rule and
+#: rates it runs are always the groups' (``descent``), and checkpoints record the groups' options
+_KEEPS_VELOCITY = 0.9
 
 
 class SGD(torch.optim.Optimizer):
@@ -108,20 +112,23 @@ class SGD(torch.optim.Optimizer):
                  gradient_accumulation_steps: int | None = None, master_weights: bool = False,
                  skip_nonfinite: bool = False, **kwargs: NoOtherKeyword) -> None:
         if kwargs:
-            raise arguments.not_recognized("polyak.torch.SGD", kwargs, arguments.keywords(SGD.__init__))
-        self._config = dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-                            use_ema=use_ema, ema_momentum=ema_momentum,
-                            ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-                            gradient_accumulation_steps=gradient_accumulation_steps,
-                            master_weights=master_weights, skip_nonfinite=skip_nonfinite)
-        KerasSGD(**self._config)  # Keras's checks of the global arguments, now
+            raise arguments.not_recognized(options.TORCH, kwargs, ["params", *options.names(options.TORCH)])
+        given = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, clipnorm=clipnorm,
+                     clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
+                     ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
+                     loss_scale_factor=loss_scale_factor, gradient_accumulation_steps=gradient_accumulation_steps,
+                     master_weights=master_weights, skip_nonfinite=skip_nonfinite)
+        options.check_one_clipping(given)
+        values = options.checked(options.of_face(options.TORCH), given, options.TORCH)  # all of them, now
+        #: the options over all groups (each group holds its own of the others)
+        self._config = {o.name: values[o.name] for o in options.of_face(options.TORCH) if not o.per_group}
         self._schedules = {}  # group index -> its schedule or callable rate
         self._excluded = ((), ())  # exclude_from_weight_decay's var_list and var_names
         self._internal = None
         self._has_state = False
         #: ``(groups' key, per-weight settings, (plan fields, stored rate))`` of the last step
         self._descent_cache = _NO_DESCENT
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+        super().__init__(params, {key: given[key] for key in groups_mod.HYPERPARAMETERS})
         self.state = state_mod.LiveState(self)
 
     # --- groups -------------------------------------------------------------------
@@ -139,7 +146,7 @@ class SGD(torch.optim.Optimizer):
         group = dict(param_group)
         for key, default in self.defaults.items():
             group.setdefault(key, default)
-        schedule = group["lr"] if groups_mod.is_schedule(group["lr"]) else None
+        schedule = group["lr"] if rates.varies(group["lr"]) else None
         groups_mod.checked(group, index, schedule)
         if schedule is not None:
             group["lr"] = groups_mod.current_rate(schedule, self._iteration())
@@ -156,7 +163,7 @@ class SGD(torch.optim.Optimizer):
         :meth:`polyak.SGD.exclude_from_weight_decay`; call it before the first step."""
         if self._internal is not None:
             raise ValueError("`exclude_from_weight_decay()` can only be configured before the first step.")
-        KerasSGD().exclude_from_weight_decay(var_names=var_names)  # Keras's checks of the names
+        options.exclusion_pattern(var_names)  # Keras's checks of the names
         self._excluded = (tuple(var_list or ()), tuple(var_names or ()))
 
     def _params(self):
@@ -182,7 +189,8 @@ class SGD(torch.optim.Optimizer):
         """The private polyak optimizer on every parameter (its state carried over, by role,
         from the previous one when groups were added or a velocity is now needed)."""
         params, names = self._params(), self._names()
-        internal = _GroupedSGD(learning_rate=0.0, momentum=0.9 if with_slots else 0.0, **self._config)
+        internal = _GroupedSGD(learning_rate=0.0, momentum=_KEEPS_VELOCITY if with_slots else 0.0, name="sgd",
+                               **self._config)
         internal.exclude_from_weight_decay(var_list=self._excluded[0], var_names=self._excluded[1])
         internal.build(NamedWeights(params, names) if names else params)
         previous = self._internal
@@ -362,20 +370,17 @@ class SGD(torch.optim.Optimizer):
         when they were given as ``named_parameters``)."""
         return self._prepare()
 
+    def _checkpoint_config(self):
+        """What ``polyak.save`` records: this class and its real options, per group."""
+        return config_mod.checkpoint_config(self)
+
     def _checkpoint_loaded(self):
         self._has_state = True
 
     def __repr__(self) -> str:
         """torch's format (``SGD (``, then ``Parameter Group 0`` and one ``    key: value`` line per
         option), every group listing all its options: its own and those over all groups."""
-        text = f"{type(self).__name__} ("
-        for i, group in enumerate(self.param_groups):
-            options = dict(self._config, **{k: v for k, v in group.items() if k != "params"})
-            if i in self._schedules:
-                options["lr"] = f"{self._schedules[i]!r} (now {reprs.float32(group['lr'])})"
-            text += f"\nParameter Group {i}\n"
-            text += "".join(f"    {key}: {options[key]}\n" for key in sorted(options))
-        return text + ")"
+        return config_mod.describe(self)
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
