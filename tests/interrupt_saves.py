@@ -4,10 +4,12 @@
 
 A child process saves states k = 1, 2, ... (state k: iteration k, weights k, momentums -k); before
 each save it tells the parent, which waits a random time within one save's duration (measured by
-the child on its first saves) and sends one SIGINT. The child then says where the interrupt
-landed (inside ``save``, or outside it: before the call or after it returned), what the file
-holds, and how many temporary files are left. The contract: raised inside ``save`` => the file
-holds what it held before and no temporary is left; returned => it holds k.
+the child on its first saves), sends one SIGINT, then tells the child it has. The child says
+where the interrupt landed ("raised" from inside ``save``; "absorbed" by a ``save`` that
+returned; "returned": after ``save`` returned; "outside": in the child's own code just before
+or after the call), what the file holds, and how many temporary files are left. The contract:
+raised inside ``save`` => the file holds what it held before and no temporary is left;
+returned => it holds k.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import numpy as np
 
 CHILD = r"""
-import os, sys, time
+import itertools, os, select, sys, time
 import numpy as np
 import polyak
 
@@ -64,25 +66,25 @@ for k in range(1, 6):
     polyak.save(path, optimizer, [w])
     durations.append(time.perf_counter() - started)
 print("duration", sorted(durations)[2], flush=True)
-k = 5
-for line in sys.stdin:
-    k += 1
+for k in itertools.count(6):
     set_state(k)
-    print("saving", k, flush=True)
+    landed = "absorbed"
     try:
         try:
+            print("saving", k, flush=True)
             polyak.save(path, optimizer, [w])
         except KeyboardInterrupt as error:
-            where = "raised" if inside_polyak(error.__traceback__.tb_next) else "outside"
+            landed = "raised" if inside_polyak(error.__traceback__.tb_next) else "outside"
         else:
-            where = "returned"
-            time.sleep(60)  # the parent's SIGINT is on its way
+            select.select([sys.stdin], [], [], 60)  # the SIGINT was sent before this line: it lands now
+            time.sleep(0.01)                          # unless save took it
     except KeyboardInterrupt:
-        pass
+        landed = "returned"
+    sys.stdin.readline()
     temporaries = [name for name in os.listdir(directory) if name.endswith(".tmp")]
     for name in temporaries:
         os.unlink(os.path.join(directory, name))
-    print("report", k, where, held(), len(temporaries), flush=True)
+    print("report", k, landed, held(), len(temporaries), flush=True)
 """
 
 
@@ -102,11 +104,11 @@ def run(n, seed=0, directory=None):
             duration = float(_line(child, "duration")[0])
             counts, before = collections.Counter(), "5"
             for _ in range(n):
-                child.stdin.write("go\n")
-                child.stdin.flush()
                 k = int(_line(child, "saving")[0])
                 time.sleep(rng.uniform(0, 1.2 * duration))
                 child.send_signal(signal.SIGINT)
+                child.stdin.write("sent\n")
+                child.stdin.flush()
                 _, landed, held, temporaries = _line(child, "report")
                 counts.update(classify(k, before, landed, held, int(temporaries)))
                 before = held
@@ -124,7 +126,7 @@ def classify(k, before, landed, held, temporaries):
         outcomes.append(f"file holds {held}: neither the old state nor the new")
     elif landed == "raised" and held == str(k):
         outcomes.append("raised but new file in place")
-    elif landed == "returned" and held != str(k):
+    elif landed in ("returned", "absorbed") and held != str(k):
         outcomes.append("returned but old file in place")
     if temporaries:
         outcomes.append("temporary left")
