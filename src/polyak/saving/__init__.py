@@ -8,7 +8,7 @@ from polyak.saving.checkpoint import (
     load,
     save,
 )
-from polyak.saving.paths import CheckpointFileError, CheckpointNotFoundError
+from polyak.saving.paths import CheckpointFileError
 
 __all__ = ["save", "load", "keras_store", "CheckpointMismatch", "CheckpointMismatchError",
-           "CheckpointMismatchWarning", "CheckpointFileError", "CheckpointNotFoundError"]
+           "CheckpointMismatchWarning", "CheckpointFileError"]

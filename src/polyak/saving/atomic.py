@@ -39,7 +39,7 @@ def atomic_write(path: str, data: bytes) -> None:
         renaming = True
         os.replace(temporary, target)
     except BaseException as error:
-        renamed = renaming and _despite_interrupts(os.path.lexists, temporary) is False
+        renamed = renaming and _despite_interrupts(_gone, temporary) is True
         if not renamed:
             _despite_interrupts(_remove, temporary)
             if isinstance(error, OSError):
@@ -55,6 +55,17 @@ def _write_temporary(temporary, data, target):
         os.fsync(file.fileno())
     with contextlib.suppress(FileNotFoundError):
         os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))  # keep the old file's permissions
+
+
+def _gone(path):
+    """Whether ``path`` surely does not exist (False if that cannot be told)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _remove(path):

@@ -68,8 +68,7 @@ def read(path: str) -> tuple[dict, dict]:
     The file is opened once, so a concurrent ``write`` (which replaces it) is
     seen entirely or not at all. Whatever is not a polyak checkpoint, or is
     damaged, raises a :class:`~polyak.saving.paths.CheckpointFileError` (a
-    ``ValueError``) naming the path; a missing file raises
-    :class:`~polyak.saving.paths.CheckpointNotFoundError` (also a ``FileNotFoundError``).
+    ``ValueError``) naming the path; a missing file raises ``FileNotFoundError``.
     """
     with paths.open_checkpoint(path) as file:
         metadata = _header_metadata(file, path)

@@ -3,10 +3,13 @@
 ``load`` reads a regular file only: it opens the path once (without blocking, so a FIFO
 cannot hang it) and checks what it opened, so the file checked is the file read. ``save``
 writes *through* symlinks: it replaces the file a link (or a chain of links, or a dangling
-one) leads to, so the link stays. Every refusal is a :class:`CheckpointFileError` (a
-``ValueError``) naming the path and what is there; a missing file (or, for ``save``, a missing
-directory) is a :class:`CheckpointNotFoundError`, which is also the ``FileNotFoundError`` that
-the resume idiom ``except FileNotFoundError: start afresh`` expects.
+one) leads to, so the link stays.
+
+Every refusal is a :class:`CheckpointFileError` (a ``ValueError``) naming the path and what is
+there, except a missing file (or, for ``save``, a missing directory): that is the
+``FileNotFoundError`` which ``open`` raises, so that "no checkpoint yet" (``except
+FileNotFoundError: start afresh``) and "a bad checkpoint" are told apart by type, and an
+``except ValueError`` clause does not take the one for the other.
 """
 
 from __future__ import annotations
@@ -27,16 +30,10 @@ class CheckpointFileError(ValueError):
         self.path = path
 
 
-class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
-    """No file (or, for ``save``, no directory) at ``.path``: both a ``ValueError`` and a
-    ``FileNotFoundError`` (errno ``ENOENT``, ``.filename`` the path)."""
-
-    def __init__(self, message, path):
-        FileNotFoundError.__init__(self, errno.ENOENT, message, path)
-        self.path = path
-
-    def __str__(self):
-        return self.strerror
+def not_found(message):
+    """The error for a missing file or directory: the ``FileNotFoundError`` (errno ``ENOENT``) that
+    ``open`` raises, with ``message``."""
+    return FileNotFoundError(errno.ENOENT, message)
 
 
 def kind(mode: int) -> str:
@@ -50,14 +47,24 @@ def _symlink_note(path):
     return f" (a symlink to {os.readlink(path)!r})"
 
 
+def _mode_or_none(path):
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+
+
 def open_checkpoint(path: str):
     """``path`` opened for reading as a binary file object, after checking it is a regular file."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise CheckpointNotFoundError(f"No checkpoint file at {path!r}{_symlink_note(path)}.", path) from None
+        raise not_found(f"No checkpoint file at {path!r}{_symlink_note(path)}.") from None
     except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        mode = _mode_or_none(path)
+        if mode is not None and not stat.S_ISREG(mode):  # a socket cannot be opened at all
+            raise CheckpointFileError(f"{path!r} is {kind(mode)}, not a checkpoint file.", path) from None
         raise CheckpointFileError(f"{path!r} cannot be opened as a checkpoint file: "
                                   f"{getattr(error, 'strerror', None) or error}.", path) from error
     try:
@@ -91,8 +98,7 @@ def writable_target(path: str) -> str:
         raise CheckpointFileError(f"Cannot save to path={path!r}{through}: it is {kind(mode)}; a checkpoint is "
                                   "a regular file (saving would replace it).", path)
     if not os.path.exists(directory):
-        raise CheckpointNotFoundError(f"Cannot save to path={path!r}{through}: the directory {directory!r} does "
-                                      "not exist.", path)
+        raise not_found(f"Cannot save to path={path!r}{through}: the directory {directory!r} does not exist.")
     if not os.path.isdir(directory):
         raise CheckpointFileError(f"Cannot save to path={path!r}{through}: {directory!r} is not a directory.", path)
     return target
