@@ -15,7 +15,9 @@ at whatever moment:
   reported), and an interrupt that lands there is absorbed: the save it interrupted is done.
 
 Whether the rename happened is read from the disk, not from a flag that an interrupt could
-land before: the temporary file's name is gone exactly when ``os.replace`` has run.
+land before: the temporary file's name is gone exactly when ``os.replace`` has run. What no
+Python function can close: an interrupt that lands as the call hands back to its caller is
+raised there, as one landing just after the call would be.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _gone(path):
     except FileNotFoundError:
         return True
     except OSError:
-        return False
+        pass
     return False
 
 

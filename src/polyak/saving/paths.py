@@ -75,7 +75,7 @@ def open_checkpoint(path: str):
         os.close(fd)
         raise
     if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
+        os.set_blocking(fd, True)  # O_NONBLOCK was for the open only (a FIFO's would wait for a writer)
     return os.fdopen(fd, "rb")
 
 
