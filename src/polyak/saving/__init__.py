@@ -8,6 +8,7 @@ from polyak.saving.checkpoint import (
     load,
     save,
 )
+from polyak.saving.paths import CheckpointFileError
 
 __all__ = ["save", "load", "keras_store", "CheckpointMismatch", "CheckpointMismatchError",
-           "CheckpointMismatchWarning"]
+           "CheckpointMismatchWarning", "CheckpointFileError"]

@@ -147,7 +147,8 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
     values to one safetensors file at ``path``, atomically.
 
     Args:
-        path: the file to write (replaced whole, never partially).
+        path: the file to write, replaced whole, never partially; a symlink (or a chain of
+            them, or a dangling one) is kept and the file it leads to is replaced.
         optimizer: a polyak optimizer (or ``polyak.torch.SGD``: the state it holds, keyed
             by its parameters' names, and its class and options, per param group); a polyak
             optimizer's learning rate must be serializable (a float or a schedule, not a bare
@@ -155,7 +156,11 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
         variables: optionally, weights whose values to store, keyed by path.
 
     Raises ``ValueError``/``TypeError`` before touching the disk if anything
-    cannot be saved.
+    cannot be saved, a path that is a directory, a device or a FIFO included
+    (``FileNotFoundError`` if its directory does not exist). Whatever interrupts
+    it (an ``OSError``, a ``KeyboardInterrupt``), the call either raises with
+    the old file untouched and no temporary file left, or returns with the new
+    file in place (see :mod:`polyak.saving.atomic`).
     """
     path = _check_path(path)
     face, optimizer = optimizer, _check_optimizer(optimizer)
@@ -320,6 +325,11 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
             :class:`CheckpointMismatchError` (a ``ValueError``) lists what is
             missing, unexpected and mismatched, and nothing changes. False:
             load the matching entries and warn about the rest.
+
+    Raises ``FileNotFoundError`` if there is no file at ``path``, and for
+    whatever else it refuses (a directory, a device, a FIFO, an unreadable
+    file, a file that is not a polyak checkpoint or is damaged) a
+    ``ValueError`` naming ``path`` and what was found; nothing is changed.
     """
     path = _check_path(path)
     strict = validation.boolean("strict", strict)

@@ -7,28 +7,28 @@ plus what the caller adds. The checksum is ``sha256`` over that metadata and
 every array (name, dtype, shape, bytes): it detects a damaged file, it does not
 authenticate one (anybody can write a valid checksum).
 
-A write goes to a temporary file in the target's directory, is flushed and
-fsynced, renamed over the target with ``os.replace`` (atomic on POSIX and
-Windows), and the directory is fsynced: a process killed at any instant leaves
-the complete old file or the complete new one (and at worst a stray
-``.{name}.*.tmp`` file next to it).
+A write replaces the file atomically (:mod:`polyak.saving.atomic`); a read opens
+a regular file only (:mod:`polyak.saving.paths`) and checks the safetensors
+header's frame before parsing, so a file that is not a checkpoint is refused
+with what was found, naming the path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import secrets
-import stat
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
+from polyak.saving import paths
+from polyak.saving.atomic import atomic_write
+
 FORMAT = "polyak.checkpoint"
 VERSION = 1
+MAX_HEADER = 100_000_000  # bytes: safetensors refuses a longer header
 
 
 def _little_endian(array):
@@ -57,65 +57,70 @@ def encode(tensors: dict, metadata: dict) -> bytes:
 
 
 def write(path: str, tensors: dict, metadata: dict) -> None:
-    """Write a checkpoint atomically (see the module docstring)."""
+    """Write a checkpoint atomically; a path that cannot be written is refused before encoding."""
+    paths.writable_target(path)
     atomic_write(path, encode(tensors, metadata))
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``, all or nothing."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))  # keep the old file's permissions
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX; Windows has no directory handles to sync)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read(path: str) -> tuple[dict, dict]:
     """``(tensors, metadata)`` of a checkpoint after checking its format, version and checksum.
 
     The file is opened once, so a concurrent ``write`` (which replaces it) is
-    seen entirely or not at all. A file that is not a polyak checkpoint, or is
-    damaged, raises ``ValueError``; a missing file raises ``FileNotFoundError``.
+    seen entirely or not at all. Whatever is not a polyak checkpoint, or is
+    damaged, raises a :class:`~polyak.saving.paths.CheckpointFileError` (a
+    ``ValueError``) naming the path; a missing file raises ``FileNotFoundError``.
     """
+    with paths.open_checkpoint(path) as file:
+        metadata = _header_metadata(file, path)
+        file.seek(0)
+        data = file.read()
     try:
-        with safetensors.safe_open(path, framework="numpy") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-    except (safetensors.SafetensorError, UnicodeDecodeError, ValueError, OverflowError) as error:
-        raise ValueError(f"{path!r} is not a readable checkpoint file: {error}") from None
+        tensors = safetensors.numpy.load(data)
+    except (safetensors.SafetensorError, ValueError, OverflowError) as error:
+        raise _refused(path, f"is damaged: {error}") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(
-            f"{path!r} is a safetensors file but not a polyak checkpoint. "
-            f"Received: format={metadata.get('format')!r}"
-        )
+        raise _refused(path, "is a safetensors file but not a polyak checkpoint. "
+                             f"Received: format={metadata.get('format')!r}")
     version = metadata.get("format_version")
     if version != str(VERSION):
-        raise ValueError(
-            f"{path!r} has checkpoint format version {version!r}; this polyak reads version {VERSION}. "
-            "A newer polyak wrote it, or it is damaged."
-        )
+        raise _refused(path, f"has checkpoint format version {version!r}; this polyak reads version {VERSION}. "
+                             "A newer polyak wrote it, or it is damaged.")
     if metadata.get("checksum") != checksum(tensors, metadata):
-        raise ValueError(f"{path!r} is damaged: its checksum does not match its contents.")
+        raise _refused(path, "is damaged: its checksum does not match its contents.")
     return tensors, metadata
+
+
+def _refused(path, what):
+    return paths.CheckpointFileError(f"{path!r} {what}", path)
+
+
+def _header_metadata(file, path):
+    """The ``__metadata__`` of the safetensors header at the start of ``file``, after checking
+    the header's frame: an 8-byte little-endian length, that many bytes of a JSON object, then
+    the arrays' bytes (as many as the header's offsets say). The arrays are not read yet."""
+    size = os.fstat(file.fileno()).st_size
+    if size < 8:
+        raise _refused(path, f"is {size} bytes long: {'empty' if size == 0 else 'too short'}, not a checkpoint "
+                             "(a safetensors file starts with its header's 8-byte length).")
+    length = int.from_bytes(file.read(8), "little")
+    if length > min(size - 8, MAX_HEADER):
+        limit = "more than safetensors allows" if length > MAX_HEADER else f"but only {size - 8} bytes follow"
+        raise _refused(path, f"is not a checkpoint: its first 8 bytes give a header of {length} bytes, {limit} "
+                             "(it is truncated, or not a safetensors file).")
+    raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise _refused(path, f"is not a safetensors file: its {length}-byte header is not a JSON object "
+                             f"(it starts {raw[:16]!r}).")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict):
+        raise _refused(path, "is damaged: its header's __metadata__ is not a map of strings.")
+    offsets = [entry.get("data_offsets") for entry in header.values() if isinstance(entry, dict)]
+    ends = [o[-1] for o in offsets if isinstance(o, list) and o and isinstance(o[-1], int)]
+    stored = size - 8 - length
+    if ends and max(ends) > stored:
+        raise _refused(path, f"is truncated: its header lists {max(ends)} bytes of arrays, and {stored} follow it.")
+    return metadata
