@@ -552,6 +552,26 @@ def run_on_tier(config, backend, dtype, tier, steps=7, shapes=SHAPES):
     return history, opt
 
 
+def ulp_distance(a, b):
+    """The largest distance between ``a`` and ``b`` (float arrays of one dtype and shape) in
+    units in the last place: how many representable numbers lie between them (0 for equal
+    numbers and for +0 and -0; a NaN must face a NaN, and counts 0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
+    nan = np.isnan(a)
+    assert np.array_equal(nan, np.isnan(b)), "NaN in one array only"
+    if nan.all():
+        return 0
+    bits = np.dtype(f"int{8 * a.dtype.itemsize}")
+    sign = np.array(1, bits) << (8 * a.dtype.itemsize - 1)
+
+    def ordered(x):  # the bit patterns, as integers in the order of the numbers
+        i = x[~nan].view(bits).astype(np.int64) if a.dtype.itemsize < 8 else x[~nan].view(bits)
+        return np.where(i < 0, -(i & ~sign), i).astype(object)
+
+    return int(max(abs(d) for d in (ordered(a) - ordered(b)).ravel()))
+
+
 #: When clipping by norm on a fused tier (norms summed in another order): (rtol, atol) per dtype.
 NORM_TOLERANCE = {"float32": (1e-6, 1e-6), "float64": (1e-13, 1e-13)}
 
