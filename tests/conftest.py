@@ -15,8 +15,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # Every step the fused tier can take takes it, the first included, so that tests see the tier
 # they ask for; tests/test_background_compile.py turns background compiles on for itself.
 os.environ.setdefault("POLYAK_BACKGROUND_COMPILE", "0")
-# Compiled kernels go to a folder of this session, removed at exit, never the user's cache
-# (set POLYAK_KERNEL_CACHE to keep them between runs: a cold folder compiles every kernel).
-if not os.environ.get("POLYAK_KERNEL_CACHE"):
-    os.environ["POLYAK_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="polyak-test-kernels-")
-    atexit.register(shutil.rmtree, os.environ["POLYAK_KERNEL_CACHE"], ignore_errors=True)
+# The suite writes into a folder of this session, removed at exit, never the user's caches:
+# compiled kernels (set POLYAK_KERNEL_CACHE to keep them between runs: a cold folder compiles
+# every kernel), Keras's keras.json and matplotlib's font list.
+_SESSION = tempfile.mkdtemp(prefix="polyak-tests-")
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
+for _name, _folder in (("POLYAK_KERNEL_CACHE", "kernels"), ("KERAS_HOME", "keras"), ("MPLCONFIGDIR", "matplotlib")):
+    if not os.environ.get(_name):
+        os.environ[_name] = os.path.join(_SESSION, _folder)
