@@ -31,6 +31,10 @@ class Scenario:
     exclude: str | None = None  #: "names" (var_names=["bias"]) or "list" (the bias variable)
     none_gradient_every: int = 0  #: every k-th step, weight 1 gets no gradient
     seed: int = 0
+    #: "normal" draws; "exact-squares": multiples of 3/8 (at most 6), whose squares, their sums
+    #: in any order and a mean over 3 accumulated steps are exact, so a norm is the same
+    #: number however it is summed
+    gradients: str = "normal"
 
 
 def scenario(config, **run):
@@ -45,7 +49,10 @@ def weights_and_gradients(scenario):
     weights = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
     grads = []
     for step in range(scenario.steps):
-        g = [rng.normal(scale=3.0, size=s).astype(dtype) for s in SHAPES.values()]
+        if scenario.gradients == "exact-squares":
+            g = [(rng.integers(-16, 17, size=s) * 0.375).astype(dtype) for s in SHAPES.values()]
+        else:
+            g = [rng.normal(scale=3.0, size=s).astype(dtype) for s in SHAPES.values()]
         if scenario.none_gradient_every and step % scenario.none_gradient_every == 0:
             g[1] = None
         grads.append(g)
@@ -143,8 +150,12 @@ def keras_trajectory(scenario):
     return _KERAS_RUNS[key]
 
 
-def assert_same_trajectory(scenario, rtol=None, backend="numpy", tier=None):
-    """Assert every weight, optimizer variable, ``iterations`` and learning rate agree after every step."""
+def assert_same_trajectory(scenario, rtol=None, backend="numpy", tier=None, exact=False, ulps=None):
+    """Assert every weight, optimizer variable, ``iterations`` and learning rate agree after every step.
+
+    ``exact``: every weight and optimizer variable equal (``assert_array_equal``), float
+    entries of the same dtype; else within ``rtol`` (``atol = rtol / 10``), and within
+    ``ulps`` units in the last place when given."""
     rtol = rtol if rtol is not None else (1e-6 if scenario.dtype == "float32" else 1e-12)
     expected, keras_opt = keras_trajectory(scenario)
     actual, polyak_opt = trajectory(polyak, scenario, backend, tier)
@@ -154,11 +165,19 @@ def assert_same_trajectory(scenario, rtol=None, backend="numpy", tier=None):
                                                          for v in keras_opt.variables]
     else:
         assert len(polyak_opt.variables) == len(keras_opt.variables)
+    assert len(actual) == len(expected) == scenario.steps
     for step, (want, got) in enumerate(zip(expected, actual)):
         for kind, w, g in (("weight", want[0], got[0]), ("optimizer variable", want[1], got[1])):
             assert len(w) == len(g), f"step {step}: {kind} count"
             for k, (a, b) in enumerate(zip(w, g)):
-                np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-1,
-                                           err_msg=f"step {step}: {kind} {k} ({backend}, {scenario})")
+                what = f"step {step}: {kind} {k} ({backend}, {scenario})"
+                if exact:
+                    assert a.dtype.kind not in "f" or b.dtype == a.dtype, f"{what}: dtype {b.dtype} != {a.dtype}"
+                    np.testing.assert_array_equal(b, a, err_msg=what)
+                    continue
+                np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-1, err_msg=what)
+                if ulps is not None and a.dtype.kind == "f":  # the counters are compared above
+                    distance = optimizer_db.ulp_distance(b, a)
+                    assert distance <= ulps, f"{what}: {distance} ulps apart (at most {ulps})"
         assert got[2] == want[2], f"step {step}: iterations"
         np.testing.assert_allclose(got[3], want[3], rtol=max(rtol, 1e-7), err_msg=f"step {step}: learning rate")

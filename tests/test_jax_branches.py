@@ -6,6 +6,12 @@ accumulation, the EMA overwrite, ``skip_nonfinite``, ``LossScaleOptimizer``,
 both settings give the same state entries bit for bit after every jitted step, and those
 agree with the eager reference (``apply`` on JAX Variables, each branch picked on the host).
 The jaxpr of a jitted step has a ``cond`` under "cond" and none under "select".
+
+Every run meets a NaN gradient. Where a guard is (``skip_nonfinite``, ``LossScaleOptimizer``)
+it comes on ``db.POISONED_STEP`` and is skipped, so every step's state is finite; elsewhere it
+propagates (a global norm turns every weight into NaN), so it comes on the last step, after
+six finite ones, and that step is checked for the propagation. A comparison of NaN with NaN
+never stands in for one of numbers: every entry compared has finite elements.
 """
 
 import warnings
@@ -64,9 +70,22 @@ def _optimizer(config, dtype, wrapper):
     return opt, weights
 
 
-def _gradients(config, dtype):
-    """The database's gradients, with a NaN on ``db.POISONED_STEP`` (a skipped step wherever a guard is)."""
-    return list(db.gradient_stream(config.with_options(skip_nonfinite=True), "jax", dtype, STEPS))
+def _guarded(config, wrapper):
+    return bool(config.options.get("skip_nonfinite")) or wrapper == "loss_scale"
+
+
+def nan_step(config, wrapper):
+    """The step whose first gradient holds a NaN: ``db.POISONED_STEP`` where a guard skips it,
+    the last step where it propagates (so the steps before it compare finite numbers)."""
+    return db.POISONED_STEP if _guarded(config, wrapper) else STEPS - 1
+
+
+def _gradients(config, dtype, wrapper):
+    """The database's gradients, with a NaN in the first gradient on :func:`nan_step`."""
+    grads = list(db.gradient_stream(config.with_options(skip_nonfinite=False), "jax", dtype, STEPS))
+    poisoned = grads[nan_step(config, wrapper)]
+    poisoned[0] = poisoned[0].ravel().at[0].set(jnp.nan).reshape(poisoned[0].shape)
+    return grads
 
 
 def _jitted_step(opt):
@@ -80,7 +99,7 @@ def jitted_run(monkeypatch, mode, config, dtype, wrapper):
     step = _jitted_step(opt)
     params, values = [w.value for w in weights], [v.value for v in opt.variables]
     history = []
-    for grads in _gradients(config, dtype):
+    for grads in _gradients(config, dtype, wrapper):
         params, values = step(values, grads, params)
         history.append([db.to_numpy(x) for x in list(params) + list(values)])
     return history
@@ -89,18 +108,29 @@ def jitted_run(monkeypatch, mode, config, dtype, wrapper):
 def eager_run(config, dtype, wrapper):
     opt, weights = _optimizer(config, dtype, wrapper)
     history = []
-    for grads in _gradients(config, dtype):
+    for grads in _gradients(config, dtype, wrapper):
         opt.apply(grads, weights)
         history.append(db.state(opt, weights))
     return history
 
 
-def assert_identical(want, got, what):
+def _has_finite_elements(x):
+    return x.dtype.kind not in "fc" or x.size == 0 or bool(np.isfinite(x.astype(np.float64)).any())
+
+
+def assert_identical(want, got, what, propagated_at=None):
+    """Bit for bit, NaNs in the same places; every entry with finite elements, except on step
+    ``propagated_at``, where an unguarded NaN must show (some entry holds one)."""
     for step, (a, b) in enumerate(zip(want, got, strict=True)):
         assert len(a) == len(b)
         for k, (x, y) in enumerate(zip(a, b)):
             assert x.dtype == y.dtype and x.shape == y.shape, f"{what} step {step}: entry {k}"
             assert np.array_equal(x, y, equal_nan=True), f"{what} step {step}: entry {k}: {x} != {y}"
+            if step != propagated_at:
+                assert _has_finite_elements(x), f"{what} step {step}: entry {k} has no finite element: {x}"
+        if step == propagated_at:
+            assert any(np.isnan(x.astype(np.float64)).any() for x in a if x.dtype.kind == "f"), \
+                f"{what} step {step}: the NaN gradient left no NaN"
 
 
 def assert_close(want, got, what):
@@ -117,7 +147,8 @@ def assert_close(want, got, what):
 def test_both_settings_give_the_same_numbers(monkeypatch, case_id, config, dtype, wrapper):
     by_cond = jitted_run(monkeypatch, "cond", config, dtype, wrapper)
     by_select = jitted_run(monkeypatch, "select", config, dtype, wrapper)
-    assert_identical(by_cond, by_select, f"{case_id}: select against cond")
+    propagated_at = None if _guarded(config, wrapper) else nan_step(config, wrapper)
+    assert_identical(by_cond, by_select, f"{case_id}: select against cond", propagated_at)
     assert_close(eager_run(config, dtype, wrapper), by_select, f"{case_id}: jitted against eager")
 
 
@@ -137,7 +168,7 @@ def primitives(jaxpr):
 def _traced_primitives(monkeypatch, mode, config, dtype, wrapper):
     monkeypatch.setenv(jax_backend.BRANCHES_VARIABLE, mode)
     opt, weights = _optimizer(config, dtype, wrapper)
-    grads = next(iter(_gradients(config, dtype)))
+    grads = _gradients(config, dtype, wrapper)[0]
     closed = jax.make_jaxpr(_jitted_step(opt))([v.value for v in opt.variables], grads, [w.value for w in weights])
     return primitives(closed.jaxpr)
 

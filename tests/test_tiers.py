@@ -4,8 +4,8 @@ The cases come from the test database (``optimizer_db.parity_cases``): the fused
 option grid on NumPy and CPU torch, the Keras grid's pairwise cover, polyak's own options,
 and inputs the fused tier must decline. Where the fused tier takes the input it must have
 run; elsewhere the reference must have. The fused tier promises the reference's numbers
-bit for bit, except a norm (clipping by norm), which it sums in another order: equal to
-within a few ulps there.
+bit for bit, except a norm (clipping by norm), which it sums in another order: within the
+ulps measured there (``optimizer_db.NORM_ULPS``: up to 768 in float32).
 """
 
 import pytest
@@ -26,7 +26,8 @@ def assert_tiers_agree(config, backend, dtype, steps=7, shapes=db.SHAPES):
         assert db.tier_that_ran(opt) == expected_tier, f"{tier} asked; {expected_tier} expected to run"
         assert [v.name for v in opt.variables] == [v.name for v in reference.variables]
         by_norm = config.clips_by_norm and expected_tier != "reference"
-        db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if by_norm else (0, 0), what=tier)
+        ulps = db.NORM_ULPS[dtype] if by_norm and shapes == db.SHAPES else None
+        db.assert_same_numbers(want, got, db.NORM_TOLERANCE[dtype] if by_norm else (0, 0), what=tier, ulps=ulps)
 
 
 CASES = db.parity_cases()
