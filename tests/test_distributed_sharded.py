@@ -26,6 +26,9 @@ CONFIGS = {
     "clipnorm": dict(learning_rate=0.1, momentum=0.5, clipnorm=0.2, skip_nonfinite=True, weight_decay=0.01),
 }
 NAN_STEP = 3  # with skip_nonfinite, rank 1's gradient is poisoned on this step: every rank skips it
+#: with skip_nonfinite, a finite gradient on this step whose clipping norm overflows in float32
+#: (the mean over the ranks is 4e19, its square inf): every rank skips it too
+OVERFLOW_STEP = 4
 
 
 def make_model():
@@ -54,6 +57,8 @@ def gradients(model, x, y):
 def poison(name, step, grads, rank):
     if "skip_nonfinite" in CONFIGS[name] and step == NAN_STEP and rank == 1:
         grads[0][0, 0] = float("nan")
+    if "skip_nonfinite" in CONFIGS[name] and step == OVERFLOW_STEP:
+        grads[0][0, 1] = 4e19
     return grads
 
 
@@ -143,7 +148,7 @@ def test_checkpoint_is_the_unsharded_state(ranks, name):
         np.testing.assert_allclose(np.asarray(got.numpy()), np.asarray(want.numpy()), rtol=1e-5, atol=1e-6,
                                    err_msg=got.path)
     if "skip_nonfinite" in CONFIGS[name]:
-        assert int(loaded.skipped_steps.numpy()) == 1
+        assert int(loaded.skipped_steps.numpy()) == 2  # NAN_STEP and OVERFLOW_STEP
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 import polyak
 from polyak.core import stages
-from polyak.tiers import calls, guards, triton_codegen, triton_fused
+from polyak.tiers import calls, triton_codegen, triton_fused
 
 #: every statement a stage can give, across the calls of these steps: clipping by norm with
 #: loss scale, decay, Nesterov and an EMA overwrite; accumulation (accumulating, then from the
@@ -60,11 +60,8 @@ def kernels(options, dtype, iteration):
     call = stages.KernelCall(iteration=iteration, stored_learning_rate=np.float32(0.01), xp=np, cast=cast,
                              cast_array=cast, sum_squares=sum_squares)
     stages.kernel_call(opt._plan(), call)
-    if options.get("skip_nonfinite"):
+    if options.get("skip_nonfinite"):  # the stages asked for the guard's check pass too
         types = types._replace(guarded=True)
-        check = guards.check_call(stages.KernelCall(iteration=iteration, stored_learning_rate=None, xp=np, cast=cast,
-                                                    cast_array=cast, sum_squares=sum_squares))
-        sum_squares(check)
     found = [("update", call.key, triton_codegen.load_update(call, False, types))]
     return types, found + [("sum_squares", call.key, k) for k in norms]
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 from polyak.core.state import LOCAL_SQUARES
 
 
-def clip_by_norm(xp, g, clipnorm, squares=None):
-    """``g * c / max(||g||, c)``; ``squares`` is ``sum(g ** 2)`` with kept dims when already known."""
-    if squares is None:
-        squares = xp.sum(xp.square(g), keepdims=True)
+def norm_from_squares(xp, squares):
+    """``sqrt(squares)``, taken only where ``squares > 0`` (0 and NaN stay as they are)."""
     positive = squares > 0
-    norm = xp.where(positive, xp.sqrt(xp.where(positive, squares, xp.ones_like(squares))), squares)
+    return xp.where(positive, xp.sqrt(xp.where(positive, squares, xp.ones_like(squares))), squares)
+
+
+def clip_by_norm(xp, g, clipnorm, squares=None, norm=None):
+    """``g * c / max(||g||, c)``; ``squares`` is ``sum(g ** 2)`` with kept dims when already
+    known, ``norm`` the norm made of them."""
+    if norm is None:
+        norm = norm_from_squares(xp, xp.sum(xp.square(g), keepdims=True) if squares is None else squares)
     return (g * clipnorm) / xp.maximum(norm, clipnorm)
 
 
@@ -38,12 +43,21 @@ def global_scale(xp, norm, clipnorm):
 def clip_gradients(xp, grads, *, clipnorm=None, clipvalue=None, global_clipnorm=None, squares=LOCAL_SQUARES):
     """Apply whichever clip option is set (at most one is); 0 or None means off. ``squares``
     sums the squares into norms (over the ranks, for sharded state)."""
+    return clip_with_norms(xp, grads, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+                           squares=squares)[0]
+
+
+def clip_with_norms(xp, grads, *, clipnorm=None, clipvalue=None, global_clipnorm=None, squares=LOCAL_SQUARES):
+    """``(clipped gradients, the norms clipping computed)``: per tensor for ``clipnorm``, the
+    global norm (one 0-d array) for ``global_clipnorm``, none otherwise."""
     if clipnorm:
         sums = squares.per_tensor(xp, [xp.sum(xp.square(g), keepdims=True) for g in grads])
-        return [clip_by_norm(xp, g, clipnorm, s) for g, s in zip(grads, sums)]
+        norms = [norm_from_squares(xp, s) for s in sums]
+        return [clip_by_norm(xp, g, clipnorm, norm=n) for g, n in zip(grads, norms)], norms
     if global_clipnorm:
-        scale = global_scale(xp, global_norm(xp, grads, squares), global_clipnorm)
-        return [g * scale for g in grads]
+        norm = global_norm(xp, grads, squares)
+        scale = global_scale(xp, norm, global_clipnorm)
+        return [g * scale for g in grads], [norm]
     if clipvalue:
-        return [clip_by_value(xp, g, clipvalue) for g in grads]
-    return list(grads)
+        return [clip_by_value(xp, g, clipvalue) for g in grads], []
+    return list(grads), []

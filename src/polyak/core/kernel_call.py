@@ -6,8 +6,11 @@ The fused tiers fill a :class:`KernelCall` by running every stage's ``kernel`` (
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from polyak.core import nonfinite
 
 #: How accumulation shapes a call: no accumulation, a call that only accumulates, the
 #: call that updates from the accumulated mean.
@@ -37,6 +40,9 @@ class KernelCall:
     roles: list = field(default_factory=list)  #: the state buffers the kernel reads, by role name
     denominators: Any = None  #: per tensor, for norm clipping
     decays: bool = False
+    #: with a guard: what the step computed that must all be finite for it to run (the check
+    #: pass's sums, clipping's norms: ``polyak.core.nonfinite``)
+    checked: list = field(default_factory=list)
 
     def add(self, key, gradient=(), decayed=(), lines=(), scalars=None, roles=()):
         self.key.append(key)
@@ -44,6 +50,19 @@ class KernelCall:
         self.body += [("update", s) for s in lines]
         self.scalars.update({name: self.cast(value) for name, value in (scalars or {}).items()})
         self.roles += [r for r in roles if r not in self.roles]
+
+    def check(self, plan, value):
+        """Take ``value`` (computed by the step) into ``checked`` when ``plan``'s guard looks at it."""
+        if nonfinite.looks_at(plan, nonfinite.COMPUTED):
+            self.checked.append(value)
+
+    def probe(self, gradient, scalars):
+        """A copy of this call with ``gradient`` statements and ``scalars`` added, for a pass over
+        the gradient as they make it; this call is left as it is."""
+        probe = dataclasses.replace(self, key=list(self.key), body=list(self.body), scalars=dict(self.scalars),
+                                    roles=list(self.roles), checked=[])
+        probe.add(key="probe", gradient=gradient, scalars=scalars)
+        return probe
 
     def gradient_statements(self) -> tuple:
         return tuple(s for kind, s in self.body if kind == "gradient")

@@ -40,49 +40,11 @@ step's operations in the same order and dtype.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
-
-from polyak.core import clipping, decay, ema
+from polyak.core import clipping, decay, ema, nonfinite
 from polyak.core.kernel_call import ACCUMULATE, FROM_ACCUMULATED, KernelCall
 from polyak.core.state import LOCAL_SQUARES
-
-@dataclass
-class Values:
-    """What one reference step works on; made per call, never shared, so the step stays pure."""
-
-    originals: list  #: the weights as given
-    params: list  #: per weight, as updated so far (masters in place of 16-bit weights)
-    grads: list  #: per weight; None where a weight has no gradient
-    state: Any  #: the OptimizerState the step started from
-    accumulators: list
-    slots: list  #: one list per slot kind
-    averages: tuple
-    masters: tuple = ()
-    descending: list = field(default_factory=list)  #: indices of the weights that descend
-    learning_rate: Any = None
-    #: in the descent: the descending weights' gradients, values and slots, as updated so far
-    g: list = field(default_factory=list)
-    w: list = field(default_factory=list)
-    s: tuple = ()
-    mask: list = field(default_factory=list)
-    iteration: Any = None  #: the count after the step
-    host_iteration: Any = None  #: ``state.iteration`` as a Python int when known without a device read
-
-    @property
-    def count(self):
-        """The count before the step, for decisions: the host copy when known (no device read)."""
-        return self.state.iteration if self.host_iteration is None else self.host_iteration
-
-    def rate(self, bk, function):
-        """``function(count, stored rate)`` at the count before the step: on the host count when known
-        (a schedule in NumPy: Keras's cos, pow, log), its value then a 0-d array made on the device."""
-        if self.host_iteration is None:  # traced (jax.jit), or values given to stateless_apply
-            return function(self.state.iteration, self.state.learning_rate)
-        rate = function(np.int64(self.host_iteration), self.state.learning_rate)
-        return bk.cast(rate, bk.dtype(rate.dtype)) if isinstance(rate, (np.generic, np.ndarray)) else rate
+from polyak.core.values import Values
 
 
 class Stage:
@@ -127,6 +89,7 @@ class OverwriteWithGradient(Stage):
             if not plan.overwrite[i]:
                 s.descending.append(i)
                 continue
+            s.check(plan, bk, [g])
             w, acc = s.params[i], s.accumulators[i] if n_acc else None
             if is_update is None:
                 s.params[i] = bk.cast(g, w.dtype)
@@ -151,6 +114,8 @@ class LossScale(Stage):
             s.g = [x / bk.scalar(plan.loss_scale_factor, x.dtype) for x in s.g]
 
     def kernel(self, plan, call):
+        if nonfinite.looks_at(plan, nonfinite.GIVEN):
+            nonfinite.check_pass(call)
         if plan.loss_scale_factor is not None:  # a number, or a LossScaleOptimizer's scale (an array)
             call.add(key="scaled", gradient=("x = x / loss_scale",), scalars={"loss_scale": plan.loss_scale_factor})
 
@@ -163,20 +128,25 @@ class Clipping(Stage):
         return not (plan.clipnorm or plan.global_clipnorm) or plan.squares is LOCAL_SQUARES
 
     def reference(self, plan, bk, s):
-        s.g = clipping.clip_gradients(bk.xp, s.g, clipnorm=plan.clipnorm, clipvalue=plan.clipvalue,
-                                      global_clipnorm=plan.global_clipnorm, squares=plan.squares)
+        if not nonfinite.norms_cover(plan):
+            s.check(plan, bk, s.g)
+        s.g, norms = clipping.clip_with_norms(bk.xp, s.g, clipnorm=plan.clipnorm, clipvalue=plan.clipvalue,
+                                              global_clipnorm=plan.global_clipnorm, squares=plan.squares)
+        s.check(plan, bk, norms)
 
     def kernel(self, plan, call):
+        if not nonfinite.norms_cover(plan) and nonfinite.looks_at(plan, nonfinite.COMPUTED):
+            nonfinite.check_pass(call)
         if plan.clipnorm:
-            sums = call.cast_array(call.sum_squares(call))
-            xp = call.xp
-            norms = xp.where(sums > 0, xp.sqrt(xp.where(sums > 0, sums, xp.ones_like(sums))), sums)
-            call.denominators = xp.maximum(norms, plan.clipnorm)
+            norms = clipping.norm_from_squares(call.xp, call.cast_array(call.sum_squares(call)))
+            call.check(plan, norms)
+            call.denominators = call.xp.maximum(norms, plan.clipnorm)
             call.add(key="clipnorm", gradient=("x = (x * clip_value) / {denominator}",),
                      scalars={"clip_value": plan.clipnorm})
         elif plan.global_clipnorm:
             total = call.xp.sum(call.sum_squares(call))
             norm = call.xp.sqrt(call.cast(total))
+            call.check(plan, norm)
             call.add(key="global_clipnorm", gradient=("x = x * global_scale",),
                      scalars={"global_scale": clipping.global_scale(call.xp, norm, plan.global_clipnorm)})
         elif plan.clipvalue:
@@ -235,17 +205,18 @@ class Accumulation(Stage):
             g, w, slots, acc = s.g, s.w, s.s, [s.accumulators[i] for i in desc]
 
             def update():  # on a copy: each branch may be traced (jax.lax.cond) and must not leak
-                d = dataclasses.replace(s, g=[_mean(bk, x + a, n_acc) for x, a in zip(g, acc)])
+                d = dataclasses.replace(s, g=[_mean(bk, x + a, n_acc) for x, a in zip(g, acc)], finite=None)
                 _descend(plan, bk, d)
-                return d.w, d.s, [None if a is None else bk.zeros_like(a) for a in s.accumulators]
+                return d.w, d.s, [None if a is None else bk.zeros_like(a) for a in s.accumulators], d.finite
 
             def accumulate():
                 summed = list(s.accumulators)
                 for i, x, a in zip(desc, g, acc):
                     summed[i] = bk.cast(x + a, a.dtype)
-                return w, slots, summed
+                return w, slots, summed, nonfinite.computed(plan, bk.xp, [summed[i] for i in desc])
 
-            s.w, s.s, s.accumulators = bk.cond((s.count + 1) % n_acc == 0, update, accumulate)
+            s.w, s.s, s.accumulators, finite = bk.cond((s.count + 1) % n_acc == 0, update, accumulate)
+            s.finite = nonfinite.both(bk.xp, s.finite, finite)
         else:
             _descend(plan, bk, s)
         for k, i in enumerate(desc):
@@ -259,6 +230,8 @@ class Accumulation(Stage):
             call.mode = FROM_ACCUMULATED if bool((call.iteration + 1) % n_acc == 0) else ACCUMULATE
             call.roles.append("gradient_accumulator")
         if call.mode == ACCUMULATE:
+            if nonfinite.looks_at(plan, nonfinite.COMPUTED):
+                nonfinite.check_pass(call, ("x = x + {gradient_accumulator}",))
             call.add(key="accumulate", lines=("{gradient_accumulator} = x + {gradient_accumulator}",))
             return
         if call.mode == FROM_ACCUMULATED:
@@ -387,8 +360,8 @@ ORDER = tuple(name for stage in STAGES for name in
 
 
 def fusable(plan) -> bool:
-    """Whether a fused kernel can run the whole step for ``plan`` (the ``skip_nonfinite``
-    guard is the tiers', ``polyak.tiers.guards``)."""
+    """Whether a fused kernel can run the whole step for ``plan`` (a guarded step's flag is
+    made of what the stages put in the call's ``checked``: ``polyak.core.nonfinite``)."""
     return all(stage.fusable(plan) for stage in STAGES)
 
 

@@ -38,6 +38,10 @@ class LocalSquares:
         """The sum over every tensor (summed per tensor first, as Keras does)."""
         return xp.sum(xp.stack(squares))
 
+    def agree(self, xp, finite):
+        """A guarded step's flag as every process of the step agrees on it: on one process, as it is."""
+        return finite
+
 
 LOCAL_SQUARES = LocalSquares()
 
@@ -80,7 +84,12 @@ class StepPlan:
     ema_overwrite_frequency: Optional[int] = None
     loss_scale_factor: Optional[float] = None
     gradient_accumulation_steps: Optional[int] = None
-    skip_nonfinite: bool = False  #: a step with any inf/NaN gradient changes nothing but ``skipped``
+    #: a step with any inf/NaN value that ``guard`` looks at changes nothing but ``skipped``
+    skip_nonfinite: bool = False
+    #: with ``skip_nonfinite``, what the guard looks at (``polyak.core.nonfinite``): "computed",
+    #: every value the step computes from the gradients (the option), or "given", the gradients
+    #: as given (a ``LossScaleOptimizer``'s guard, as Keras's)
+    guard: str = "computed"
     squares: LocalSquares = LOCAL_SQUARES  #: how norms for clipping are summed
     #: per-group hyperparameters of the descent, or None: one group, the fields above
     groups: Optional[Sequence[GroupPlan]] = None

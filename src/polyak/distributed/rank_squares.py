@@ -1,4 +1,5 @@
-"""Norms for clipping when the state is sharded: sums of squares added over the ranks."""
+"""Norms for clipping when the state is sharded: sums of squares added over the ranks; and a
+guarded step's flag, agreed on by the ranks."""
 
 from __future__ import annotations
 
@@ -36,3 +37,11 @@ class RankSquares:
         with failures.peers("ShardedOptimizer.apply (all-reduce of the clipping norm)", self.process_group):
             dist.all_reduce(total, group=self.process_group)
         return total[0].to(functools.reduce(torch.promote_types, [s.dtype for s in squares]))
+
+    def agree(self, xp, finite):
+        """A guarded step's flag (``polyak.core.nonfinite``) as every rank agrees on it: false when
+        it is false on any rank (one all-reduce), so that the ranks skip together."""
+        flag = torch.as_tensor(finite).to(torch.int32).reshape(1)
+        with failures.peers("ShardedOptimizer.apply (agreeing on non-finite values)", self.process_group):
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.process_group)
+        return flag[0] != 0 if isinstance(finite, torch.Tensor) else bool(flag[0])

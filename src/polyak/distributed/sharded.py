@@ -20,8 +20,9 @@ here. ``global_clipnorm`` scales by ``c * min(1/N, 1/c)`` with ``N^2 = sum_r ||g
 (one all-reduce of a scalar) and ``clipnorm`` by ``c / max(||g_t||, c)`` with each tensor's
 squared norm summed over its pieces on all ranks (one all-reduce of a vector with an entry per
 tensor). Both enter the clipping stage through the step plan's ``squares`` (``rank_squares.RankSquares``),
-after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on whether any
-gradient anywhere is non-finite before stepping, so they skip together.
+after accumulation, where Keras clips. With ``skip_nonfinite`` the ranks agree on the guard's
+flag (``RankSquares.agree``: false when any value the step computes on any rank is non-finite,
+see :mod:`polyak.core.nonfinite`), so they skip together.
 
 A constraint (``param.constraint = fn``, read on every step, as on one process) sees the whole
 tensor: after the all-gather every rank applies it to the full parameter — to the full float32
@@ -189,15 +190,10 @@ class ShardedOptimizer:
         if not self.built:
             raise ValueError("Call `build(params)` before `apply`.")
         g_slices = [s / self.world_size for s in self._reduced(grads)]
-        skipped = False
-        if self.shard.skip_nonfinite:
-            bad = torch.tensor([float(not torch.isfinite(s).all()) for s in g_slices]).max().reshape(1)
-            with failures.peers("ShardedOptimizer.apply (agreeing on non-finite gradients)", self.process_group):
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
-            if bad[0]:
-                skipped = True
-                g_slices = [torch.full_like(s, float("nan")) for s in g_slices]
+        counted = self.shard.skipped_steps
+        before = None if counted is None else int(counted.numpy())
         self.shard.apply([g_slices[pt.group][pt.local:pt.local + pt.size] for pt in self.parts], self._views)
+        skipped = counted is not None and int(counted.numpy()) != before  # the ranks agreed (``RankSquares``)
         for g, group in enumerate(self.groups):
             full = self._all_gather(self._slices[g], "ShardedOptimizer.apply (all-gather of the updated slices)")
             with torch.no_grad():

@@ -75,8 +75,12 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
             variables named ``{path}_master``, after the others.
         skip_nonfinite: not a Keras option, off by default (Keras lets an
             inf/NaN gradient poison the weights and every slot). When True, a
-            step whose gradients hold any inf or NaN changes nothing, iteration
-            count included, except ``skipped_steps``, which goes up by one. The
+            step for which any value computed from the gradients holds an inf
+            or NaN (the gradients after the loss scale and accumulation, the
+            accumulated sum, clipping's norms, which overflow in float32 for
+            finite gradients of about 2e19: ``polyak.core.nonfinite``) changes
+            nothing, iteration count included, except ``skipped_steps``, which
+            goes up by one (saturating as the iteration count does). The
             counter is an int64 optimizer variable placed after all of Keras's
             variables, so their order and positions stay Keras's.
 

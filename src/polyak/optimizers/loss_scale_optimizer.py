@@ -7,6 +7,12 @@ inner optimizer steps; after ``dynamic_growth_steps`` finite steps in a row
 optimizer moves (weights, momentum, EMA, accumulators, counters), ``s`` halves
 and the growth counter restarts.
 
+As in Keras, the guard looks at the gradients as given (``polyak.core.nonfinite.GIVEN``), not
+at what the inner step computes from them: a finite gradient whose norm overflows (about 2e19
+in float32 with ``global_clipnorm``) steps the weights to NaN, as Keras's does. An inner
+optimizer with ``skip_nonfinite=True`` adds its own guard, which looks at every value its step
+computes (the scale, which saw finite gradients, is not halved then; ``skipped_steps`` counts).
+
 ``apply`` runs the guarded step on a fused tier when one takes the inner optimizer's plan
 (:mod:`polyak.tiers.guards`: the flag from the tier's norm pass, the unscaling as the plan's
 loss scale, the scale's update selected on the device by the flag), else the reference step.
@@ -126,7 +132,7 @@ class LossScaleOptimizer(Optimizer):
         counter, scale = own[position[id(self.step_counter)]], own[position[id(self.dynamic_scale)]]
         bk = self._backend
         with bk.step_context():
-            finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])
+            finite = nonfinite.all_finite(bk.xp, [g for g in grads if g is not None])  # Keras's check_finite
             params, inner = bk.cond(
                 finite,
                 lambda: self.inner_optimizer._step(param_values, inner, self._unscaled(grads, scale)),
@@ -148,7 +154,8 @@ class LossScaleOptimizer(Optimizer):
         plan = inner._plan()
         tier = tiers.reference.TIER
         if not plan.skip_nonfinite:  # the inner optimizer's own guard: its plan stays the reference's
-            plan = dataclasses.replace(plan, skip_nonfinite=True, loss_scale_factor=self.dynamic_scale.value)
+            plan = dataclasses.replace(plan, skip_nonfinite=True, guard=nonfinite.GIVEN,
+                                       loss_scale_factor=self.dynamic_scale.value)
             tier = tiers.select(inner, plan, variables, grads, proof)
         if tier is tiers.reference.TIER:
             return tier.run(self, self._plan(), indices, grads)

@@ -13,8 +13,8 @@ reached the same way, and the state buffers are shared with torch.
 Takes a step when: numba is installed; every weight is a plain, C-contiguous float32 or
 float64 array (or CPU tensor, no subclass) of one dtype; every stage can be fused for the
 plan (no constraint, no ``overwrite_with_gradient``, a rule with per-element statements;
-``skip_nonfinite`` and a ``LossScaleOptimizer``'s guard through ``guards``, the flag read from
-the norm pass on the host); every weight is stepped and every gradient is a C-contiguous array
+``skip_nonfinite`` and a ``LossScaleOptimizer``'s guard through ``guards``, the flag made on
+the host of what the stages computed); every weight is stepped and every gradient is a C-contiguous array
 of its weight's kind, dtype and shape. Anything else takes the reference tier, which gives
 the same numbers.
 
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from polyak.core import stages
+from polyak.core import nonfinite, stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import background, cpu_codegen, guards, reference
+from polyak.tiers import background, cpu_codegen, reference
 from polyak.tiers.calls import host_call
 
 CHUNK = 1 << 15  #: elements per parallel work item
@@ -236,34 +236,30 @@ def can_take(optimizer, plan, variables, grads, proof=None) -> bool:
 class CpuFusedTier:
     name = "cpu_fused"
 
-    def finite(self, optimizer, plan, grads, proof=None) -> bool:
-        """Whether every gradient is finite (see ``guards``), read on the host."""
-        state = _prepared(optimizer, plan, bound=True)
-        addresses = proof if proof is not None else state.addresses(grads)
-        call = guards.check_call(host_call(optimizer, state.dtype, None))
-        with np.errstate(all="ignore"):
-            return bool(np.all(state.sum_squares(addresses, call) == 0))
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        return self.run_guarded(optimizer, plan, indices, grads, proof)[0]
 
-    def run(self, optimizer, plan, indices, grads, proof=None, finite=True) -> str:
-        """One step through the kernel; ``proof``: the gradients' addresses, when already read;
-        ``finite``: False skips the step (a guarded plan's flag).
+    def run_guarded(self, optimizer, plan, indices, grads, proof=None):
+        """One step through the kernel, and whether it ran: ``(name, finite)``, ``finite`` False
+        when a guarded plan's flag (read on the host, see ``guards``) skips it; ``proof``: the
+        gradients' addresses, when already read.
         While the kernel compiles in the background, the reference tier takes the step."""
-        if not finite:
-            return self.name
         state = _prepared(optimizer, plan, bound=True)  # ``can_take`` prepared it in this ``apply``
         addresses = proof if proof is not None else state.addresses(grads)
         call = host_call(optimizer, state.dtype, lambda c: state.sum_squares(addresses, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
+            if not nonfinite.flag(plan, np, call.checked):
+                return self.name, False
         key = cpu_codegen.update_key(state.parallel, call)
         if _in_background(plan) and not background.COMPILER.ready(
                 (key, state.dtype.str),
                 lambda: cpu_codegen.compile_update(state.parallel, call, key, state.update_arguments(addresses, call))):
-            return reference.TIER.run(optimizer, plan, indices, grads)
+            return reference.TIER.run(optimizer, plan, indices, grads), True
         with np.errstate(all="ignore"):
             state.run(addresses, call, key)
         optimizer._iterations.advance()
-        return self.name
+        return self.name, True
 
 
 TIER = CpuFusedTier()

@@ -35,10 +35,10 @@ import operator
 
 import numpy as np
 
-from polyak.core import stages
+from polyak.core import nonfinite, stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import calls, guards
+from polyak.tiers import calls
 
 _ZERO = "zero"  #: the value of a statement that sets a role to the constant 0
 
@@ -215,25 +215,22 @@ class ForeachTier:
         decaying = [i for i, d in enumerate(plan.decay_mask) if d] if plan.weight_decay is not None else []
         return ForeachStep(weights, list(grads), roles, decaying)
 
-    def finite(self, optimizer, plan, grads, proof=None) -> bool:
-        """Whether every gradient is finite (see ``guards``): summed on the device, then read
-        back (one synchronisation: writes are not gated on the device here)."""
-        step = self._step(optimizer, plan, grads)
-        call = guards.check_call(calls.device_call(optimizer, plan, step.weights[0].dtype, None))
-        with optimizer._backend.step_context():
-            return bool((step.sum_squares(call) == 0).all())
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        return self.run_guarded(optimizer, plan, indices, grads, proof)[0]
 
-    def run(self, optimizer, plan, indices, grads, proof=None, finite=True) -> str:
-        """One step; ``finite``: False skips it (a guarded plan's flag)."""
-        if not finite:
-            return self.name
+    def run_guarded(self, optimizer, plan, indices, grads, proof=None):
+        """One step, and whether it ran: ``(name, finite)``, ``finite`` False when a guarded
+        plan's flag skips it (made on the device, then read back: one synchronisation, the
+        writes are not gated on the device here; see ``guards``)."""
         step = self._step(optimizer, plan, grads)
         call = calls.device_call(optimizer, plan, step.weights[0].dtype, step.sum_squares)
         with np.errstate(all="ignore"), optimizer._backend.step_context():
             stages.kernel_call(plan, call)
+            if not bool(nonfinite.flag(plan, call.xp, call.checked)):
+                return self.name, False
             step.run(call)
         optimizer._iterations.advance()
-        return self.name
+        return self.name, True
 
 
 TIER = ForeachTier()

@@ -30,8 +30,9 @@ tests run this kernel without a GPU. Not bfloat16 there: the interpreter holds i
 and converts float32 to it by truncation, so the reference runs instead.
 
 A guarded step (``skip_nonfinite``, a ``LossScaleOptimizer``: :mod:`polyak.tiers.guards`) adds
-one norm pass for its flag, which stays on the device unless the plan decides on the count:
-the update kernel reads it and stores nothing when a gradient was not finite.
+one pass for its flag (none when it clips by norm: the norms make the flag), which stays on the
+device unless the plan decides on the count: the update kernel reads it and stores nothing when
+what the guard looks at was not finite.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ import os
 import numpy as np
 
 from polyak.backends.kinds import dtype_name
-from polyak.core import stages
+from polyak.core import nonfinite, stages
 from polyak.optimizers import parameters as params_mod
 from polyak.optimizers.state_roles import MASTER
-from polyak.tiers import calls, guards, triton_codegen
+from polyak.tiers import calls, triton_codegen
 
 BLOCK = 1024  #: elements per program
 NUM_WARPS = 4
@@ -205,11 +206,6 @@ class TritonState:
         totals = torch.zeros(len(self.weights), dtype=torch.float64, device=self.device)
         return totals.index_add_(0, self.chunk_tensor, self._chunk_sums)
 
-    def finite(self, grad_table, optimizer, plan):
-        """Whether every gradient is finite (see ``guards``): a boolean flag on the device."""
-        call = guards.check_call(calls.device_call(optimizer, plan, self.compute_dtype, None))
-        return (self.sum_squares(grad_table, call) == 0).all()
-
     def run(self, grad_table, call, finite=None):
         """One fused step; every scalar is a scalar of the step's dtype. ``finite``: a boolean
         flag on the device that gates every store (a guarded step), or None."""
@@ -293,25 +289,25 @@ def can_take(optimizer, plan, variables, grads, forced=False, proof=None) -> boo
 class TritonTier:
     name = "triton"
 
-    def finite(self, optimizer, plan, grads, proof=None):
-        """Whether every gradient is finite (see ``guards``): a flag on the device, or read back
-        (a Python bool) when the plan decides on the count, which the host must then know."""
-        state = optimizer._tier_cache
-        flag = state.finite(state.grad_table(proof if proof is not None else state.addresses(grads)), optimizer, plan)
-        return bool(flag) if calls.needs_count(optimizer, plan) else flag
+    def run(self, optimizer, plan, indices, grads, proof=None) -> str:
+        return self.run_guarded(optimizer, plan, indices, grads, proof)[0]
 
-    def run(self, optimizer, plan, indices, grads, proof=None, finite=True) -> str:
-        """One step; ``finite``: False skips it, a flag on the device gates it there."""
-        if finite is False:
-            return self.name
+    def run_guarded(self, optimizer, plan, indices, grads, proof=None):
+        """One step, and whether it ran: ``(name, finite)``. A guarded plan's flag (see ``guards``)
+        stays on the device and gates the kernel's stores there, unless the plan decides on the
+        count, which the host must then know: then it is read back (a Python bool)."""
         state = optimizer._tier_cache
         grad_table = state.grad_table(proof if proof is not None else state.addresses(grads))
         call = calls.device_call(optimizer, plan, state.compute_dtype, lambda c: state.sum_squares(grad_table, c))
         with np.errstate(all="ignore"):
             stages.kernel_call(plan, call)
-            state.run(grad_table, call, None if finite is True else finite)
+            finite = nonfinite.flag(plan, call.xp, call.checked)
+            if finite is not True and calls.needs_count(optimizer, plan):
+                finite = bool(finite)
+            if finite is not False:
+                state.run(grad_table, call, None if finite is True else finite)
         optimizer._iterations.advance(finite)
-        return self.name
+        return self.name, finite
 
 
 TIER = TritonTier()
