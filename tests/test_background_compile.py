@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import polyak
-from polyak.tiers import background, cpu_fused
+from polyak.tiers import background, cpu_codegen, cpu_fused
 
 pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="numba is not installed")
 
@@ -44,8 +44,13 @@ class Gated:
 
 
 @pytest.fixture
-def gated(monkeypatch):
+def gated(monkeypatch, tmp_path):
+    """Background compiles on, into a gated compiler, with a cold kernel cache: an empty cache
+    folder, and no kernel counted as compiled in this process (numba's dispatchers are kept,
+    so the jobs are quick once the gate opens)."""
     monkeypatch.setenv("POLYAK_BACKGROUND_COMPILE", "1")
+    monkeypatch.setenv("POLYAK_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_codegen, "_compiled", set())
     gated = Gated()
     monkeypatch.setattr(background, "COMPILER", gated.compiler)
     yield gated
