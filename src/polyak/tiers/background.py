@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import sys
 import threading
 
 
@@ -62,6 +63,7 @@ class Compiler:
                 self._pending.add(key)
                 self._queue.append((key, job))
                 if self._thread is None:
+                    _hook_forks()
                     self._thread = threading.Thread(target=self._work, name="polyak-kernel-compiler", daemon=True)
                     self._thread.start()
         return False
@@ -108,21 +110,37 @@ def wait() -> bool:
     return COMPILER.wait()
 
 
+def _hook_forks():
+    # ``os.fork`` runs the ``before`` hooks last registered first: registered again when a worker
+    # starts, ours run before those of the modules imported since, which may take a lock that
+    # the job under way needs (``logging``'s, say); once per import wave, they act once per fork
+    global _hooked_at
+    if _hooked_at != len(sys.modules):
+        _hooked_at = len(sys.modules)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
+
+
 def _before_fork():
-    _forking.append(COMPILER)
-    COMPILER._running.acquire()
+    if not _forking:
+        compiler = COMPILER
+        compiler._running.acquire()
+        _forking.append(compiler)
 
 
 def _after_fork_in_parent():
-    _forking.pop()._running.release()
+    if _forking:
+        _forking.pop()._running.release()
 
 
 def _after_fork_in_child():
     # the child has no worker thread, and the parent's locks are not its to release
     global COMPILER
-    COMPILER = Compiler(done=_forking.pop()._done)
+    if _forking:
+        COMPILER = Compiler(done=_forking.pop()._done)
 
 
+_hooked_at = None  #: how many modules were loaded when the fork hooks were last registered
 _forking = []  #: the compiler whose job ``os.fork`` waited for (a test may swap ``COMPILER``)
 
 
@@ -132,4 +150,3 @@ def _close():
 
 # threading's exit hooks run before atexit's, while numba and torch are still whole
 getattr(threading, "_register_atexit", atexit.register)(_close)
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -29,6 +29,7 @@ that can take this tier takes it, as in the steps after.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 
@@ -217,8 +218,17 @@ def _numba_ready(optimizer, plan) -> bool:
         return True
     ndims = tuple(sorted({w.ndim for w in weights})) if memory is NumpyMemory else ()
     key = ("numba", memory.__name__, dtype.str, ndims)
-    return (background.COMPILER.done(key) or _kernel_on_disk(optimizer, plan, weights, dtype)
-            or background.COMPILER.ready(key, functools.partial(_load_numba, dtype, ndims)))
+    if background.COMPILER.done(key) or _kernel_on_disk(optimizer, plan, weights, dtype):
+        return True
+    for name in _FORK_HOOKED:
+        importlib.import_module(name)
+    return background.COMPILER.ready(key, functools.partial(_load_numba, dtype, ndims))
+
+
+#: what numba's import brings that pairs ``os.register_at_fork`` hooks (``before`` with
+#: ``after``): imported here, in the foreground, since a fork that waits for numba's import in
+#: the background would run the ``after`` hooks registered meanwhile without their ``before``
+_FORK_HOOKED = ("logging", "concurrent.futures.thread")
 
 
 def _kernel_on_disk(optimizer, plan, weights, dtype) -> bool:
