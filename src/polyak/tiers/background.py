@@ -6,7 +6,8 @@ needs is ready: if not, the work is queued for one daemon thread and that step r
 reference tier, which gives the same numbers bit for bit (the fused tier only promises that
 for configurations without norm clipping: those compile in the foreground, so that a run's
 numbers never depend on timing). A kernel already in the disk cache is loaded in the
-foreground instead (``cpu_fused``): that costs milliseconds.
+foreground instead (``cpu_fused``): milliseconds for the kernel, and for numba's import, when it
+is the process's first, about half a second.
 
 Set ``POLYAK_BACKGROUND_COMPILE=0`` to compile in the foreground instead: every step the
 fused tier can take then takes it, the first one waiting for its kernel. :func:`wait` blocks
@@ -16,8 +17,8 @@ A job holds no user data: only what it compiles for (types, shapes, source text)
 worker never frees a user's tensor. At the interpreter's exit (before ``atexit`` handlers,
 among ``threading``'s own exit hooks), queued work is dropped and the job under way is let
 finish, so numba is never torn down under a compile. ``os.fork`` waits for the job under way
-too: a child then never inherits a half-done import or a lock held by the worker; it gets a
-compiler of its own, which knows what the parent finished.
+too (a second or two at most): a child then never inherits a half-done import or a lock held
+by the worker; it gets a compiler of its own, which knows what the parent finished.
 """
 
 from __future__ import annotations
