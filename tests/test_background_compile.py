@@ -181,8 +181,9 @@ def _child(tmp_path, block=""):
 
 
 def test_a_process_exits_cleanly_while_its_kernel_compiles_and_without_numba(tmp_path):
-    """The process ends before its cold kernel is ready (it finishes that job at exit); without
-    numba the reference tier takes every step, with the same numbers."""
+    """The process ends while numba loads for its cold kernel (it finishes that job at exit;
+    ``test_clean_exit`` ends processes under a kernel's compile); without numba the reference
+    tier takes every step, with the same numbers."""
     tier, total = _child(tmp_path)
     missing_tier, missing_total = _child(tmp_path, block='sys.modules["numba"] = None  # as if not installed')
     assert missing_tier == "reference" and total == missing_total
