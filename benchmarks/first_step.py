@@ -125,7 +125,7 @@ def main(argv=None):
                         print(f"{face:10} {model:4} {config:8} {mode:10} {cache_state:4}  import "
                               f"{row['import'] * 1e3:4.0f} ms  first step {row['first'] * 1e3:7.1f} ms  "
                               f"first fused step done after {row['fused_after'] * 1e3:6.0f} ms "
-                              f"(step {row['steps']:.0f})  median step before {row['before'] * 1e3:5.2f} ms, "
+                              f"({row['steps']:.0f} steps before it)  median step before {row['before'] * 1e3:5.2f} ms, "
                               f"after {row['after'] * 1e3:5.2f} ms  tiers {row['tiers']}", flush=True)
     print(json.dumps(rows))
 
