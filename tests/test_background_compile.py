@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import polyak
-from polyak.tiers import background, cpu_fused
+from polyak.tiers import background, cpu_codegen, cpu_fused
 
 pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="numba is not installed")
 
@@ -44,8 +44,13 @@ class Gated:
 
 
 @pytest.fixture
-def gated(monkeypatch):
+def gated(monkeypatch, tmp_path):
+    """Background compiles on, into a gated compiler, with a cold kernel cache: an empty cache
+    folder, and no kernel counted as compiled in this process (numba's dispatchers are kept,
+    so the jobs are quick once the gate opens)."""
     monkeypatch.setenv("POLYAK_BACKGROUND_COMPILE", "1")
+    monkeypatch.setenv("POLYAK_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_codegen, "_compiled", set())
     gated = Gated()
     monkeypatch.setattr(background, "COMPILER", gated.compiler)
     yield gated
@@ -176,8 +181,9 @@ def _child(tmp_path, block=""):
 
 
 def test_a_process_exits_cleanly_while_its_kernel_compiles_and_without_numba(tmp_path):
-    """The process ends before its cold kernel is ready (it finishes that job at exit); without
-    numba the reference tier takes every step, with the same numbers."""
+    """The process ends while numba loads for its cold kernel (it finishes that job at exit;
+    ``test_clean_exit`` ends processes under a kernel's compile); without numba the reference
+    tier takes every step, with the same numbers."""
     tier, total = _child(tmp_path)
     missing_tier, missing_total = _child(tmp_path, block='sys.modules["numba"] = None  # as if not installed')
     assert missing_tier == "reference" and total == missing_total

@@ -9,6 +9,7 @@ is given; ``apply`` validates everything, then hands the step to the tier that
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -129,6 +130,7 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         self.fused = True
         self._tier_cache = None  # what a fused tier prepared for the built weights (see polyak.tiers)
         self._last_tier = None  # the name of the tier that ran the last ``apply``
+        self._apply_lock = threading.RLock()  # serialises ``apply`` across threads
         self._writable_checked = False  # the built weights passed ``check_writable``
         self._per_weight_cache = (None, None)
         #: how clipping sums squares into norms (``ShardedOptimizer``: over the ranks)
@@ -294,8 +296,13 @@ class Optimizer(Picklable, custom_rules.KerasPrimitives, LearningRate, VariableF
         (torch under ``no_grad``); Variables are assigned (a Variable holding a
         JAX array gets a new array). A plain JAX array cannot be updated: use
         ``stateless_apply`` or a Variable. Every input is checked before
-        anything is written.
+        anything is written. Calls from several threads on one optimizer are
+        serialised: each runs whole, in turn, none is lost.
         """
+        with self._apply_lock:
+            self._apply(grads, trainable_variables)
+
+    def _apply(self, grads, trainable_variables):
         if trainable_variables is None:
             if not self.built:
                 raise ValueError(

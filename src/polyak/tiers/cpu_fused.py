@@ -21,10 +21,15 @@ the same numbers.
 Numba and the kernels load in a background thread (``polyak.tiers.background``) while the
 reference tier takes the first steps, except with norm clipping, whose norms this tier sums
 in another order: there the first step waits for them, so that no number depends on timing.
-A guarded step also waits: its flag comes from the norm pass.
+A guarded step also waits: its flag comes from the norm pass. A kernel that the disk cache
+(``kernel_cache``) holds compiled is loaded in the foreground, numba with it: the first step
+that can take this tier takes it, as in the steps after.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib
 
 import numpy as np
 
@@ -35,6 +40,8 @@ from polyak.tiers import background, cpu_codegen, reference
 from polyak.tiers.calls import host_call
 
 CHUNK = 1 << 15  #: elements per parallel work item
+#: Threads pay off once a step touches enough memory; below that a serial loop wins.
+PARALLEL_FROM = 1 << 18  # elements
 kernels = None  #: the numba kernels module, imported at the first fused step
 
 
@@ -118,9 +125,14 @@ class FusedState:
                   for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
         self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
         self._chunk_sums = np.zeros(len(chunks), np.float64)
-        self.parallel = bool(self.sizes.sum() >= kernels.PARALLEL_FROM)
+        self._large = bool(self.sizes.sum() >= PARALLEL_FROM)
         self._no_denominators = np.ones(len(self.weights), self.dtype)
         self._like = np.zeros(0, self.dtype)
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the kernels run threads (``kernels.threads_usable``: not in some forked children)."""
+        return self._large and kernels.threads_usable()
 
     def _pack(self, variables):
         """One flat buffer holding every variable's value; each variable rebinds to its view."""
@@ -161,7 +173,8 @@ class FusedState:
 
     def run(self, grad_addresses, call, key):
         """One fused step; ``key``: the kernel's ``cpu_codegen.update_key``."""
-        cpu_codegen.load_update(self.parallel, call, key)(*self.update_arguments(grad_addresses, call))
+        arguments = self.update_arguments(grad_addresses, call)
+        cpu_codegen.update_kernel(self.parallel, call, key, self.dtype, arguments)(*arguments)
 
 
 def _prepared(optimizer, plan, bound=False):
@@ -194,7 +207,8 @@ def _in_background(plan) -> bool:
 def _numba_ready(optimizer, plan) -> bool:
     """Before this tier first prepares for the weights: whether numba is loaded, and for NumPy
     the address reader compiled for the weights' dtype and dimensionalities; if not, that is
-    queued for the background. True when it is done in the foreground (by ``_prepared``)."""
+    queued for the background, unless this step's kernel is in the disk cache. True when it
+    is done in the foreground (by ``_prepared``)."""
     memory = memory_for(optimizer._backend)
     if memory is None or not _in_background(plan):
         return True
@@ -203,8 +217,28 @@ def _numba_ready(optimizer, plan) -> bool:
     if dtype is None:
         return True
     ndims = tuple(sorted({w.ndim for w in weights})) if memory is NumpyMemory else ()
-    return background.COMPILER.ready(("numba", memory.__name__, dtype.str, ndims),
-                                     lambda: _load_numba(dtype, ndims))
+    key = ("numba", memory.__name__, dtype.str, ndims)
+    if background.COMPILER.done(key) or _kernel_on_disk(optimizer, plan, weights, dtype):
+        return True
+    for name in _FORK_HOOKED:
+        importlib.import_module(name)
+    return background.COMPILER.ready(key, functools.partial(_load_numba, dtype, ndims))
+
+
+#: what numba's import brings that pairs ``os.register_at_fork`` hooks (``before`` with
+#: ``after``): imported here, in the foreground, since a fork that waits for numba's import in
+#: the background would run the ``after`` hooks registered meanwhile without their ``before``
+_FORK_HOOKED = ("logging", "concurrent.futures.thread")
+
+
+def _kernel_on_disk(optimizer, plan, weights, dtype) -> bool:
+    """Whether the update kernel of this step is compiled in the disk cache (read without numba)."""
+    size = sum(int(np.prod(w.shape)) for w in weights)
+    parallel = size >= PARALLEL_FROM and (kernels is None or kernels.threads_usable())
+    call = host_call(optimizer, dtype, None)
+    with np.errstate(all="ignore"):
+        stages.kernel_call(plan, call)
+    return cpu_codegen.update_on_disk(parallel, call, dtype)
 
 
 def _load_numba(dtype, ndims):
@@ -251,11 +285,13 @@ class CpuFusedTier:
             stages.kernel_call(plan, call)
             if not nonfinite.flag(plan, np, call.checked):
                 return self.name, False
-        key = cpu_codegen.update_key(state.parallel, call)
-        if _in_background(plan) and not background.COMPILER.ready(
-                (key, state.dtype.str),
-                lambda: cpu_codegen.compile_update(state.parallel, call, key, state.update_arguments(addresses, call))):
-            return reference.TIER.run(optimizer, plan, indices, grads), True
+        parallel = state.parallel
+        key = cpu_codegen.update_key(parallel, call)
+        if (_in_background(plan) and not cpu_codegen.compiled(key, state.dtype)
+                and not cpu_codegen.update_on_disk(parallel, call, state.dtype)):
+            job = cpu_codegen.update_compiler(parallel, call, key, state.dtype, state.update_arguments(addresses, call))
+            if not background.COMPILER.ready((key, state.dtype.str), job):
+                return reference.TIER.run(optimizer, plan, indices, grads), True
         with np.errstate(all="ignore"):
             state.run(addresses, call, key)
         optimizer._iterations.advance()

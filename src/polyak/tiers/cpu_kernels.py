@@ -12,7 +12,9 @@ the reference step's; only norms (for clipping) are summed in another order.
 from __future__ import annotations
 
 import operator
+import os
 
+import numba
 import numpy as np
 from numba import njit, typeof, types
 from numba.extending import intrinsic
@@ -87,6 +89,25 @@ class AddressReader:
         return np.array(found, np.int64)[self._take]
 
 
-#: Threads pay off once a step touches enough memory; below that a serial loop wins.
-PARALLEL_FROM = 1 << 18  # elements
+def threads_usable() -> bool:
+    """Whether this process may run the parallel kernels: not in a child forked after numba
+    started its OpenMP threads. GNU OpenMP ends such a child at its first parallel region
+    ("fork() called from a process already using GNU OpenMP"), so the child takes the serial
+    kernels, which give the same numbers; TBB and numba's workqueue survive a fork."""
+    return not _threads_inherited
+
+
+_threads_inherited = False
+
+
+def _after_fork_in_child():
+    global _threads_inherited
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no thread started yet: the child starts its own
+        return
+    _threads_inherited = _threads_inherited or layer == "omp"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 

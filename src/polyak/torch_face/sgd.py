@@ -9,6 +9,7 @@ group, or groups that agree), with Keras's numbers.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Callable, Iterable, TypeVar, cast
 
 import torch
@@ -130,6 +131,7 @@ class SGD(torch.optim.Optimizer):
         self._descent_cache = _NO_DESCENT
         super().__init__(params, {key: given[key] for key in groups_mod.HYPERPARAMETERS})
         self.state = state_mod.LiveState(self)
+        self._step_lock = threading.RLock()  # serialises ``step`` across threads
 
     # --- groups -------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -239,7 +241,12 @@ class SGD(torch.optim.Optimizer):
         alone); ``closure`` is called first, under ``enable_grad``, and its loss returned.
 
         Under ``torch.compile`` the step is a graph break: it runs eagerly, on polyak's tiers
-        (the fused kernel, not a traced copy of it), and gives the same numbers."""
+        (the fused kernel, not a traced copy of it), and gives the same numbers. Calls from
+        several threads are serialised, each with its closure: each runs whole, in turn."""
+        with self._step_lock:
+            return self._locked_step(closure)
+
+    def _locked_step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -384,10 +391,13 @@ class SGD(torch.optim.Optimizer):
 
     # --- copies -------------------------------------------------------------------
     def __getstate__(self):
-        return dict(self.__dict__, _descent_cache=_NO_DESCENT)  # made again from the groups
+        state = dict(self.__dict__, _descent_cache=_NO_DESCENT)  # made again from the groups
+        del state["_step_lock"]
+        return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._step_lock = threading.RLock()
         self._patch_step_function()
 
 
