@@ -238,6 +238,21 @@ def test_an_exclusion_naming_no_weight_is_a_mismatch(tmp_path):
     assert loaded._per_weight().decay_mask == (True, True)
 
 
+def test_a_stepped_optimizer_without_exclusions_gets_the_files_and_continues_the_run(tmp_path):
+    optimizer, weights = resume_run.keras_run("var_list")
+    training.train(optimizer, weights, 0, N)
+    polyak.save(tmp_path / "run.ckpt", optimizer, weights)
+    training.train(optimizer, weights, N, TOTAL)
+    other, other_weights = resume_run.keras_run("var_list", exclude=False)
+    training.train(other, other_weights, 0, 2)  # built and stepped, its fused state made
+    assert polyak.load(tmp_path / "run.ckpt", other, other_weights) is other
+    training.train(other, other_weights, N, TOTAL)
+    for a, b in zip(other_weights, weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(other.variables, optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_an_optimizer_with_exclusions_of_its_own_keeps_them(tmp_path):
     optimizer, weights = resume_run.keras_run("var_names")
     training.train(optimizer, weights, 0, 2)
