@@ -155,6 +155,8 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
             callable).
         variables: optionally, weights whose values to store, keyed by path.
 
+    The weight-decay exclusions are recorded by name (:mod:`polyak.saving.exclusions`); an
+    unbuilt optimizer that excludes weights by ``var_list`` cannot name them and is refused.
     Raises ``ValueError``/``TypeError`` before touching the disk if anything
     cannot be saved.
     """

@@ -37,8 +37,9 @@ OWN_KEYS = frozenset(("params", "param_names", *groups_mod.HYPERPARAMETERS))
 def other_keys(group) -> dict[str, Any]:
     """The keys of ``group`` beyond its options and parameters whose values a JSON file holds
     exactly: numbers, strings, None."""
+    exact = (bool, int, float, str, type(None))
     return {key: value for key, value in group.items()
-            if isinstance(key, str) and key not in OWN_KEYS and (value is None or isinstance(value, (bool, int, float, str)))}
+            if isinstance(key, str) and key not in OWN_KEYS and isinstance(value, exact)}
 
 
 def checkpoint_config(face) -> dict[str, Any]:
