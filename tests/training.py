@@ -28,8 +28,8 @@ def make_weights(dtype="float32"):
 
 
 def make_optimizer(exclude_bias=True):
-    """The run's optimizer; the bias exclusion is not part of a config (as in Keras), so an
-    optimizer recreated from a checkpoint has none."""
+    """The run's optimizer; the bias exclusion is not part of a config (as in Keras): a checkpoint
+    records it by name, and an optimizer recreated from one gets it back."""
     optimizer = polyak.SGD(**OPTIONS)
     if exclude_bias:
         optimizer.exclude_from_weight_decay(var_names=["bias"])

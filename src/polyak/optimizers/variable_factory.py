@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 from polyak import options
@@ -87,6 +88,28 @@ class VariableFactory:
             raise ValueError("`exclude_from_weight_decay()` can only be configured before the optimizer is built.")
         self._exclude_ids = frozenset(id(v) for v in (var_list or ()))
         self._exclude_pattern = options.exclusion_pattern(var_names)
+
+    def _decay_exclusions(self) -> tuple[list[str], str | None]:
+        """``(paths, pattern)``: the built weights excluded by ``var_list``, by path, and the regex
+        that ``var_names`` made (None for none), as a checkpoint records them."""
+        if self._exclude_ids and not self.built:
+            raise ValueError(
+                f"Optimizer '{self.name}' excludes {len(self._exclude_ids)} weight(s) from weight decay by "
+                "`var_list` and is not built, so they have no names to save them by. Build it (or apply a "
+                "step) first, or exclude them by `var_names`."
+            )
+        paths = [p for v, p in zip(self._trainable_variables, self._trainable_paths) if id(v) in self._exclude_ids]
+        return paths, None if self._exclude_pattern is None else self._exclude_pattern.pattern
+
+    def _restore_decay_exclusions(self, weights: Iterable[Any], pattern: str | None) -> None:
+        """Exclude ``weights`` and the names that ``pattern`` finds, built or not (a checkpoint's
+        exclusions, checked beforehand)."""
+        self._exclude_ids = frozenset(id(v) for v in weights)
+        self._exclude_pattern = None if pattern is None else re.compile(pattern)
+        self._per_weight_cache = (None, None)
+
+    def _has_decay_exclusions(self) -> bool:
+        return bool(self._exclude_ids) or self._exclude_pattern is not None
 
     def _use_weight_decay(self, variable):
         if id(variable) in self._exclude_ids:

@@ -3,7 +3,8 @@
 A checkpoint holds the optimizer's config (Keras's serialized dict, as JSON),
 every optimizer variable under a stable key (see :mod:`polyak.saving.names`),
 the keys in ``optimizer.variables`` order (so Keras's positional store can be
-rebuilt: :func:`keras_store`), and optionally the weights' values by path.
+rebuilt: :func:`keras_store`), the weight-decay exclusions by name (see
+:mod:`polyak.saving.exclusions`), and optionally the weights' values by path.
 
 Loading is all or nothing: the file is read and checked in full, the
 optimizer's variables are planned, and every name, shape and dtype compared,
@@ -25,7 +26,7 @@ from polyak import serialization, validation
 from polyak.backends import backend_for, dtype_name
 from polyak.optimizers import parameters
 from polyak.optimizers.base import Optimizer
-from polyak.saving import files, names
+from polyak.saving import exclusions, files, names
 
 if TYPE_CHECKING:
     from polyak.annotations import Path
@@ -155,6 +156,8 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
             callable).
         variables: optionally, weights whose values to store, keyed by path.
 
+    The weight-decay exclusions are recorded by name (:mod:`polyak.saving.exclusions`); an
+    unbuilt optimizer that excludes weights by ``var_list`` cannot name them and is refused.
     Raises ``ValueError``/``TypeError`` before touching the disk if anything
     cannot be saved, a path that is a directory, a device or a FIFO included
     (``FileNotFoundError`` if its directory does not exist). Whatever interrupts
@@ -172,6 +175,7 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
     except (TypeError, ValueError) as error:
         raise ValueError(f"The config of optimizer '{optimizer.name}' is not JSON-serializable: {error}") from None
     optimizer_keys = names.optimizer_keys(optimizer)
+    excluded = exclusions.record(optimizer)
     weight_keys = names.weight_keys(variables) if variables is not None else []
     check_whole(zip(optimizer_keys, optimizer.variables), "save")
     check_whole(zip(weight_keys, variables or ()), "save")
@@ -181,6 +185,7 @@ def save(path: Path, optimizer: Optimizer | TorchSGD, variables: Sequence[Any] |
         "config": config_json,
         "optimizer_variables": json.dumps(optimizer_keys),
         "variables": json.dumps(weight_keys),
+        exclusions.FIELD: excluded,
     }
     files.write(path, tensors, metadata)
 
@@ -318,7 +323,10 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
             None: a new one is made from the stored config; only polyak's and
             registered classes can be made (not a ``polyak.torch.SGD``, whose param groups
             hold the parameters: a ``ValueError`` says to pass it). A ``polyak.torch.SGD`` takes the state
-            and keeps its param groups (torch's ``state_dict`` carries those).
+            and its groups' current options (``lr`` and ``momentum`` as its schedulers left them,
+            as torch's ``load_state_dict`` does); its groups must be as many and as large.
+            The weight-decay exclusions the file records (by weight path and name pattern) are
+            restored into an optimizer that has none of its own; one that has its own keeps them.
         variables: the weights. An unbuilt optimizer is built on them; if the
             file holds weight values, they are loaded into them by path.
         strict: every name, shape and dtype must match, else a
@@ -341,7 +349,11 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
     tensors, metadata = files.read(path)
     optimizer_keys, weight_keys = _stored_layout(tensors, metadata, path)
     _check_scalars(tensors, path)
+    stored_exclusions = exclusions.read(metadata, path)
     target = optimizer if optimizer is not None else _optimizer_from_config(metadata, path)
+    face_plan = getattr(given, "_checkpoint_plan", None)  # a face's own settings (the torch face's groups)
+    face_mismatched, face_updates = face_plan(_json_field(metadata, "config", path), path) if callable(
+        face_plan) else ([], None)
 
     planned = _as_built(target, variables)
     expected = dict(zip(names.optimizer_keys(planned), planned.variables))
@@ -350,6 +362,8 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
     relevant = {k: v for k, v in tensors.items() if k.startswith(names.OPTIMIZER) or variables is not None}
     hint = "" if planned.built else "The optimizer is not built: pass `variables` to build it on the weights."
     mismatch = _compare(expected, relevant, path, hint)
+    excluding, unmatched = exclusions.plan(stored_exclusions, planned)
+    mismatch.mismatched += (*unmatched, *face_mismatched)
     if mismatch and strict:
         raise CheckpointMismatchError(mismatch)
 
@@ -363,8 +377,9 @@ def load(path: Path, optimizer: Optimizer | TorchSGD | None = None, variables: S
     for key, destination in expected.items():
         if key in relevant and key not in skipped:
             assign(destination, relevant[key])
+    excluded = None if excluding is None else (exclusions.restore(target, excluding), excluding.pattern)
     if given is not None and given is not target:
-        given._checkpoint_loaded()
+        given._checkpoint_loaded(face_updates, excluded)
     if mismatch:
         warnings.warn(CheckpointMismatchWarning(mismatch), stacklevel=2)
     return target if given is None else given

@@ -4,7 +4,9 @@ them: its class and its real options.
 Keras's serialized form (``{"module", "class_name", "config", "registered_name"}``) with
 module ``polyak.torch``: the options over all groups, the constructor's defaults for new
 groups (``lr``, ``momentum``, ``nesterov``, ``weight_decay``), and each param group's own
-options with its parameter count (and names, when it has them). The groups hold the
+options with its parameter count (and names, when it has them) and ``other_keys``: what else
+the group holds that is a number, a string or None (the keys torch's schedulers write:
+``initial_lr``, OneCycleLR's ``max_lr``, ...), as torch's ``state_dict`` keeps them. The groups hold the
 parameters themselves, which a file does not, so ``polyak.load`` restores this state only
 into a ``polyak.torch.SGD`` made on the parameters (``polyak.saving.checkpoint``).
 """
@@ -28,6 +30,18 @@ def _rate(rate):
     return rates.config(rate)
 
 
+#: the keys a group's record holds on their own (``other_keys`` holds the rest)
+OWN_KEYS = frozenset(("params", "param_names", *groups_mod.HYPERPARAMETERS))
+
+
+def other_keys(group) -> dict[str, Any]:
+    """The keys of ``group`` beyond its options and parameters whose values a JSON file holds
+    exactly: numbers, strings, None."""
+    exact = (bool, int, float, str, type(None))
+    return {key: value for key, value in group.items()
+            if isinstance(key, str) and key not in OWN_KEYS and isinstance(value, exact)}
+
+
 def checkpoint_config(face) -> dict[str, Any]:
     param_groups = []
     for k, group in enumerate(face.param_groups):
@@ -36,6 +50,7 @@ def checkpoint_config(face) -> dict[str, Any]:
                      params=len(group["params"]))
         if "param_names" in group:
             entry["param_names"] = list(group["param_names"])
+        entry["other_keys"] = other_keys(group)
         param_groups.append(entry)
     defaults = dict(face.defaults, lr=_rate(face.defaults["lr"]))
     config = dict(defaults, **face._config, param_groups=param_groups)

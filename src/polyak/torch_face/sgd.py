@@ -22,6 +22,7 @@ from polyak.optimizers.sgd import SGD as KerasSGD
 from polyak.optimizers.structure import NamedWeights
 from polyak.torch_face import config as config_mod
 from polyak.torch_face import groups as groups_mod
+from polyak.torch_face import resume as resume_mod
 from polyak.torch_face import state as state_mod
 
 
@@ -381,8 +382,13 @@ class SGD(torch.optim.Optimizer):
         """What ``polyak.save`` records: this class and its real options, per group."""
         return config_mod.checkpoint_config(self)
 
-    def _checkpoint_loaded(self):
-        self._has_state = True
+    def _checkpoint_plan(self, config, path):
+        """``polyak.load``'s check of the groups' recorded options: ``(mismatched, updates)``."""
+        return resume_mod.plan(self, config, path)
+
+    def _checkpoint_loaded(self, updates, excluded):
+        """After ``polyak.load``: the groups' current options and the file's exclusions."""
+        resume_mod.restore(self, updates, excluded)
 
     def __repr__(self) -> str:
         """torch's format (``SGD (``, then ``Parameter Group 0`` and one ``    key: value`` line per
