@@ -94,3 +94,21 @@ def test_a_tensor_whose_data_is_replaced_is_stepped_in_its_new_storage():
     assert old.tolist() == [0.5] * 4
     assert p.detach().tolist() == pytest.approx([2.0 - 0.45 - 0.5] * 4)
     assert db.tier_that_ran(opt) == "cpu_fused"
+
+
+@pytest.mark.parametrize("factor", [9.078908374693553e-175, 1e-300])
+def test_a_loss_scale_factor_that_rounds_to_zero_divides_as_the_reference_does(factor):
+    """A positive ``loss_scale_factor`` below float32's smallest subnormal is 0 in the float32 step:
+    the kernel divides by it as NumPy does (inf gradients, as in Keras), it does not raise (hypothesis
+    found 9.08e-175)."""
+    runs = []
+    for fused in (True, False):
+        w = np.ones(3, np.float32)
+        opt = polyak.SGD(loss_scale_factor=factor)
+        opt.fused = fused
+        with np.errstate(all="ignore"):
+            opt.apply([np.ones(3, np.float32)], [w])
+        runs.append((opt._last_tier, w))
+    (tier, fused_w), (_, reference_w) = runs
+    assert tier == "cpu_fused"
+    np.testing.assert_array_equal(fused_w, reference_w)

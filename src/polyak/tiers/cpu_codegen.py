@@ -37,9 +37,11 @@ _CHUNKS = '''    step = like.itemsize
         first = offsets[t] + start
 '''
 
+# ``error_model="numpy"``: a division by zero gives inf or NaN, as the reference's NumPy does,
+# instead of raising (a ``loss_scale_factor`` that rounds to 0 in float32 divides by 0).
 _STEP = '''
 
-@njit(parallel={parallel}, cache=_DISK_CACHE)
+@njit(parallel={parallel}, cache=_DISK_CACHE, error_model="numpy")
 def kernel(chunk_tensor, chunk_start, chunk_stop, param_addr, grad_addr, sizes, offsets, like, decay,
            denominators{arguments}):
 {chunks}        w = carray(_pointer_like(param_addr[t] + start * step, like), n)
@@ -50,7 +52,7 @@ def kernel(chunk_tensor, chunk_start, chunk_stop, param_addr, grad_addr, sizes, 
 # ``reassoc`` lets them run in vector lanes, which keeps this pass at memory speed.
 _SUM_SQUARES = '''
 
-@njit(parallel={parallel}, cache=_DISK_CACHE, fastmath={{"reassoc", "contract"}})
+@njit(parallel={parallel}, cache=_DISK_CACHE, error_model="numpy", fastmath={{"reassoc", "contract"}})
 def kernel(chunk_tensor, chunk_start, chunk_stop, grad_addr, sizes, offsets, like, out{arguments}):
 {chunks}{views}        total = 0.0
         for i in range(n):
