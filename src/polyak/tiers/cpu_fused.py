@@ -125,14 +125,14 @@ class FusedState:
                   for t, size in enumerate(self.sizes) for start in range(0, max(int(size), 1), CHUNK)]
         self.chunk_tensor, self.chunk_start, self.chunk_stop = (np.array(c, np.int64) for c in zip(*chunks))
         self._chunk_sums = np.zeros(len(chunks), np.float64)
-        self._large = bool(self.sizes.sum() >= PARALLEL_FROM)
+        self._size = int(self.sizes.sum())
         self._no_denominators = np.ones(len(self.weights), self.dtype)
         self._like = np.zeros(0, self.dtype)
 
     @property
     def parallel(self) -> bool:
-        """Whether the kernels run threads (``kernels.threads_usable``: not in some forked children)."""
-        return self._large and kernels.threads_usable()
+        """Whether the kernels run threads (see ``_runs_threads``)."""
+        return _runs_threads(self._size)
 
     def _pack(self, variables):
         """One flat buffer holding every variable's value; each variable rebinds to its view."""
@@ -233,12 +233,18 @@ _FORK_HOOKED = ("logging", "concurrent.futures.thread")
 
 def _kernel_on_disk(optimizer, plan, weights, dtype) -> bool:
     """Whether the update kernel of this step is compiled in the disk cache (read without numba)."""
-    size = sum(int(np.prod(w.shape)) for w in weights)
-    parallel = size >= PARALLEL_FROM and (kernels is None or kernels.threads_usable())
+    parallel = _runs_threads(sum(int(np.prod(w.shape)) for w in weights))
     call = host_call(optimizer, dtype, None)
     with np.errstate(all="ignore"):
         stages.kernel_call(plan, call)
     return cpu_codegen.update_on_disk(parallel, call, dtype)
+
+
+def _runs_threads(size) -> bool:
+    """Whether the kernels for weights of ``size`` elements in all run threads: from
+    ``PARALLEL_FROM`` elements, where the process may (``kernels.threads_usable``: not in a child
+    forked after numba's OpenMP threads started; numba need not be loaded yet)."""
+    return size >= PARALLEL_FROM and (kernels is None or kernels.threads_usable())
 
 
 def _load_numba(dtype, ndims):
